@@ -1,0 +1,1 @@
+"""How work gets resources: connecting to Ray, storage filesystems, actor-pool sizing."""

@@ -1,0 +1,124 @@
+"""Filesystems for local paths and ``s3://`` (through s3fs), and atomic shard writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from typing import Any
+
+from schemas.errors import TribunalError
+
+
+def storage_options_from_env() -> dict[str, Any]:
+    """s3fs options from the environment: ``AWS_ENDPOINT_URL`` points at any S3-protocol server."""
+    opts: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint_url"] = endpoint
+    # Credentials given in the driver's environment travel inside the pickled filesystem, so
+    # Ray workers (whose environment may differ) reach the same store.
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        opts["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+    extra = os.environ.get("TRIBUNAL_STORAGE_OPTIONS")
+    if extra:
+        opts.update(json.loads(extra))
+    return opts
+
+
+def resolve(uri: str, storage_options: dict[str, Any] | None = None):
+    """``(fsspec filesystem, path without scheme)`` for a local path or a remote URI."""
+    import fsspec
+
+    if "://" not in uri:
+        return fsspec.filesystem("file"), os.path.abspath(uri)
+    protocol = uri.split("://", 1)[0]
+    opts = storage_options_from_env() if storage_options is None else storage_options
+    if protocol not in ("s3", "s3a"):
+        opts = {}
+    fs, path = fsspec.core.url_to_fs(uri, **opts)
+    return fs, path
+
+
+def is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def arrow_filesystem(fs):
+    """A pyarrow filesystem over an fsspec one (what Ray Data's readers take)."""
+    import pyarrow.fs as pafs
+
+    if is_local(fs):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def list_parquet(fs, path: str, what: str = "input") -> list[str]:
+    """The Parquet files of a file or directory path, sorted; a one-line error when there are none."""
+    if not fs.exists(path):
+        raise TribunalError(f"{what} not found: {path}")
+    if fs.isfile(path):
+        return [path]
+    files = sorted(
+        p
+        for p in fs.find(path)
+        if p.endswith(".parquet") and not any(part.startswith(("_", ".")) for part in p[len(path) :].split("/"))
+    )
+    if not files:
+        raise TribunalError(f"{what} has no .parquet files: {path}")
+    return files
+
+
+def write_parquet_atomic(fs, path: str, table, schema=None) -> None:
+    """Write one Parquet file so readers see all of it or none of it.
+
+    Local: write a temporary file beside the target and rename. Object stores (S3): a PUT is
+    already atomic, so the object is written in place.
+    """
+    import pyarrow.parquet as pq
+
+    if schema is not None:
+        table = table.cast(schema)
+    parent = posixpath.dirname(path)
+    fs.makedirs(parent, exist_ok=True)
+    if is_local(fs):
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+
+
+def write_text_atomic(fs, path: str, text: str) -> None:
+    parent = posixpath.dirname(path)
+    fs.makedirs(parent, exist_ok=True)
+    if is_local(fs):
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "w") as f:
+            f.write(text)
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base, *parts)
+
+
+def display(fs, path: str) -> str:
+    """The path as the user would write it (with its scheme)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def clean_temporaries(fs, path: str) -> int:
+    """Remove temporary files a killed run left behind; returns how many."""
+    if not fs.exists(path):
+        return 0
+    stale = [p for p in fs.find(path) if posixpath.basename(p).startswith(".tmp-")]
+    for p in stale:
+        fs.rm(p)
+    return len(stale)

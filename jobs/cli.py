@@ -1,0 +1,74 @@
+"""The ``tribunal`` command. Light at start-up: job modules import Ray, torch and engines lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from schemas.errors import TribunalError
+
+# command -> (module, config class, one-line description)
+COMMANDS = {
+    "label": ("jobs.label", "LabelConfig", "sample k trajectories per sample, then vote (one command)"),
+    "sample": ("jobs.sample", "SampleConfig", "draw k GRM trajectories per sample (GPU-heavy part)"),
+    "vote": ("jobs.vote", "VoteConfig", "k-way voting over trajectory shards (cheap CPU part)"),
+    "build-tiny-model": ("jobs.tiny_model", None, "build a small local GRM for tests and demos (no downloads)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        mod = importlib.import_module(module)
+        mod.add_cli(p)
+    return parser
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
+    from jobs.config import load_config
+
+    module, cls_name, _ = COMMANDS[command]
+    mod = importlib.import_module(module)
+    if cls_name is None:
+        return mod.run_cli(args)
+    cfg = load_config(getattr(mod, cls_name), args, getattr(args, "config", None))
+    mod.run(cfg)
+    return 0
+
+
+def run_main(command: str | None, argv: list[str] | None) -> int:
+    """Parse, run, and turn user-facing errors into one line and a non-zero exit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if command is not None:
+        argv = [command, *argv]
+    args = build_parser().parse_args(argv)
+    debug = args.debug
+    try:
+        return _run(args.command, args)
+    except TribunalError as e:
+        if debug:
+            raise
+        print(f"tribunal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tribunal {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - unexpected: one line unless --debug
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"tribunal {args.command}: error: {type(e).__name__}: {msg} (re-run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(None, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

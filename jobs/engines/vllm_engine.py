@@ -1,0 +1,99 @@
+"""vLLM engine (GPU). Imported only inside the actor that builds it: ``pip install 'tribunal[vllm]'``.
+
+Written against vLLM 0.33: ``AsyncLLM`` (alias ``AsyncLLMEngine``) driven from a private event-loop
+thread. ``generate`` is thread-safe and blocking, so an actor that runs several batches at once
+(``max_concurrent_calls_per_actor > 1``) keeps all of their requests inside the engine together,
+and the scheduler never drains between batches. Prefix caching is enabled explicitly: the k
+trajectories of a sample share their whole prompt prefix, and the permutation groups of a sample
+share the template preamble and the context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Sequence
+
+from jobs.engines import EngineConfig, Generation, GenerationRequest, RequestResult, SamplingConfig
+from schemas.errors import TribunalError
+
+
+class VLLMEngine:
+    def __init__(self, cfg: EngineConfig):
+        try:
+            from vllm import AsyncEngineArgs, SamplingParams
+            from vllm.inputs import TokensPrompt
+            from vllm.sampling_params import RequestOutputKind
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as e:
+            raise TribunalError(f"the vllm engine needs vLLM: pip install 'tribunal[vllm]' ({e})") from None
+        from transformers import AutoTokenizer
+
+        self._SamplingParams = SamplingParams
+        self._TokensPrompt = TokensPrompt
+        self._final_only = RequestOutputKind.FINAL_ONLY
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, local_files_only=True)
+        args = {
+            "model": cfg.model,
+            "dtype": cfg.dtype,
+            "enable_prefix_caching": True,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+        }
+        if cfg.max_model_len is not None:
+            args["max_model_len"] = cfg.max_model_len
+        if cfg.max_num_seqs is not None:
+            args["max_num_seqs"] = cfg.max_num_seqs
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-loop", daemon=True)
+        self._thread.start()
+
+        async def _build():
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+        self._engine = asyncio.run_coroutine_threadsafe(_build(), self._loop).result()
+        self._ids = itertools.count()
+
+    def render_chat(self, messages: Sequence[dict]) -> str:
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+    async def _one(self, req: GenerationRequest, sampling: SamplingConfig) -> RequestResult:
+        params = self._SamplingParams(
+            n=req.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=req.seed,
+            output_kind=self._final_only,
+        )
+        # The chat template already carries any BOS token: tokenize without adding another.
+        ids = self.tokenizer(req.prompt, add_special_tokens=False)["input_ids"]
+        final = None
+        async for out in self._engine.generate(self._TokensPrompt(prompt_token_ids=ids), params, str(next(self._ids))):
+            if out.finished:
+                final = out
+        if final is None:
+            raise RuntimeError("vLLM finished a request without a final output")
+        gens = tuple(
+            Generation(
+                text=o.text,
+                finish_reason="length" if o.finish_reason == "length" else "stop",
+                completion_tokens=len(o.token_ids),
+            )
+            for o in sorted(final.outputs, key=lambda o: o.index)
+        )
+        return RequestResult(prompt_tokens=len(final.prompt_token_ids or ids), generations=gens)
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig) -> list[RequestResult]:
+        async def _all():
+            return await asyncio.gather(*(self._one(r, sampling) for r in requests))
+
+        return list(asyncio.run_coroutine_threadsafe(_all(), self._loop).result())
+
+    def __del__(self):
+        try:
+            self._engine.shutdown()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        except Exception:
+            pass

@@ -1,0 +1,161 @@
+"""Output directories: sharded Parquet, a run record for safe resume, quarantine, the manifest.
+
+Layout of a job's output directory ``OUT``::
+
+    OUT/part-<hash>.parquet         the rows (schema given to the writer, never inferred)
+    OUT/_quarantine/part-*.parquet  rejected input rows with a reason (arrow.QUARANTINE)
+    OUT/_run.json                   the settings that fix the results (checked on resume)
+    OUT/_manifest.json              written last: config, versions, counts, timings
+
+Resume: a re-run with the same settings reads the ids already present in the shards (and in the
+quarantine) and skips those samples; shards are written atomically, so a killed run leaves only
+whole shards behind (and temporaries, which are removed).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from cluster import storage
+from schemas import columns as c
+from schemas.errors import TribunalError
+
+RUN_FILE = "_run.json"
+MANIFEST = "_manifest.json"
+QUARANTINE = "_quarantine"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("tribunal", "ray", "pyarrow", "polars", "torch", "transformers", "vllm", "s3fs"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class OutputDir:
+    uri: str
+
+    def __post_init__(self) -> None:
+        self.fs, self.path = storage.resolve(self.uri)
+
+    @property
+    def quarantine(self) -> str:
+        return storage.join(self.path, QUARANTINE)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path)
+
+    def parts(self) -> list[str]:
+        if not self.fs.exists(self.path):
+            return []
+        return sorted(p for p in self.fs.ls(self.path, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+
+    def quarantine_parts(self) -> list[str]:
+        if not self.fs.exists(self.quarantine):
+            return []
+        return sorted(p for p in self.fs.ls(self.quarantine, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+
+    def read(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
+        import pyarrow.dataset as ds
+
+        if not files:
+            raise ValueError("no files to read")
+        return ds.dataset(files, filesystem=storage.arrow_filesystem(self.fs), format="parquet").to_table(columns=columns)
+
+    def prepare(self, settings: dict[str, Any], overwrite: bool = False) -> pa.Array:
+        """Make the directory ready for a (re)run; return the ids already done.
+
+        ``settings`` are the options that fix the results. A directory holding a run with other
+        settings is refused (mixing them would corrupt the output) unless ``overwrite``.
+        """
+        run_path = storage.join(self.path, RUN_FILE)
+        if overwrite and self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+        if self.fs.exists(run_path):
+            with self.fs.open(run_path, "r") as f:
+                previous = json.load(f).get("settings", {})
+            for key in sorted(set(previous) | set(settings)):
+                if previous.get(key) != settings.get(key):
+                    raise TribunalError(
+                        f"{self.display()} holds a run with {key}={previous.get(key)!r}, this one has "
+                        f"{key}={settings.get(key)!r}: use another --output, or --overwrite"
+                    )
+        elif self.parts():
+            raise TribunalError(f"{self.display()} has part files but no {RUN_FILE}: not a tribunal output; use another --output")
+        storage.clean_temporaries(self.fs, self.path)
+        storage.write_text_atomic(self.fs, run_path, json.dumps({"settings": settings}, indent=2, sort_keys=True))
+        return self.done_ids()
+
+    def done_ids(self) -> pa.Array:
+        import pyarrow.compute as pc
+
+        arrays = []
+        for files in (self.parts(), self.quarantine_parts()):
+            if files:
+                arrays.append(self.read(files, [c.ID])[c.ID].combine_chunks())
+        if not arrays:
+            return pa.array([], pa.string())
+        return pc.unique(pc.drop_null(pa.concat_arrays([a.cast(pa.string()) for a in arrays])))
+
+    def quarantine_counts(self) -> dict[str, int]:
+        files = self.quarantine_parts()
+        if not files:
+            return {}
+        reasons = self.read(files, [c.REASON])[c.REASON].to_pylist()
+        out: dict[str, int] = {}
+        for r in reasons:
+            out[r] = out.get(r, 0) + 1
+        return dict(sorted(out.items()))
+
+    def write_manifest(self, manifest: dict[str, Any]) -> str:
+        path = storage.join(self.path, MANIFEST)
+        storage.write_text_atomic(self.fs, path, json.dumps(manifest, indent=2, sort_keys=False, default=str))
+        return self.display(path)
+
+    def display(self, path: str | None = None) -> str:
+        return storage.display(self.fs, path or self.path)
+
+
+def input_files(uri: str) -> tuple[Any, list[str]]:
+    """(fsspec filesystem, Parquet files) of an input path; a one-line error if there are none."""
+    fs, path = storage.resolve(uri)
+    return fs, storage.list_parquet(fs, path, "input")
+
+
+def check_inputs(fs, files: list[str], check_schema) -> int:
+    """Check every input file's schema (footer only) and return the total row count."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for f in files:
+        where = storage.display(fs, f)
+        try:
+            with fs.open(f, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+                schema = meta.schema.to_arrow_schema()
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+            raise TribunalError(f"{where}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        check_schema(schema, where)
+        total += meta.num_rows
+    return total
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.time()
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = round(time.time() - self.start, 3)

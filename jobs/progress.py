@@ -1,0 +1,60 @@
+"""Progress lines for long jobs, and the end-of-job summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """A periodic one-line report: samples done of total, rows/s, parse-failure rate, ETA.
+
+    Prints at most every ``every_s`` seconds (and at the end) to stderr, so it reads well both in
+    a terminal and in a cluster job's log.
+    """
+
+    def __init__(self, job: str, total: int, unit: str = "traj", every_s: float = 5.0, stream=None):
+        self.job = job
+        self.total = total
+        self.unit = unit
+        self.every_s = every_s
+        self.stream = stream or sys.stderr
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.samples = 0
+        self.rows = 0
+        self.failures = 0
+
+    def update(self, samples: int, rows: int, failures: int) -> None:
+        self.samples += samples
+        self.rows += rows
+        self.failures += failures
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.print()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        pct = 100.0 * self.samples / self.total if self.total else 100.0
+        rate = self.rows / elapsed
+        fail = 100.0 * self.failures / self.rows if self.rows else 0.0
+        eta = ""
+        if 0 < self.samples < self.total:
+            eta = f" | eta {fmt_duration(elapsed * (self.total - self.samples) / self.samples)}"
+        return (
+            f"[{self.job}] {self.samples}/{self.total} samples ({pct:.0f}%) | {self.rows} {self.unit} | "
+            f"{rate:.1f} {self.unit}/s | parse fail {fail:.1f}% | {fmt_duration(elapsed)}{eta}"
+        )
+
+    def print(self) -> None:
+        print(self.line(), file=self.stream, flush=True)

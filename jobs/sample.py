@@ -1,0 +1,256 @@
+"""sample: draw k GRM trajectories for every reward sample.
+
+Input schema: Parquet file or directory (local path or ``s3://``), one reward sample per row:
+``id`` (optional), ``context`` (list of {role, content}) or ``prompt``, ``responses`` (list of
+strings), ``labels`` (optional, one per response); or the pairwise form ``prompt``/``chosen``/
+``rejected``. See ``schemas.validate``.
+
+Output schema: ``OUT/part-*.parquet`` in ``schemas.arrow.TRAJECTORY``; one row is one sampled
+GRM generation for one sample, keyed by (id, sample_index, hinted), with its response order,
+raw text, scores mapped back to the original order (null on a parse failure, whose reason is
+in ``parse_error``) and ``correct`` when labels exist. Bad input rows go to ``OUT/_quarantine/``.
+
+Run::
+
+    tribunal sample --input samples.parquet --output traj/ --model PATH --k 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+from jobs.config import add_arguments, check, load_config, opt, to_dict
+from jobs.engines import ENGINES, EngineConfig, SamplingConfig
+from jobs.outputs import OutputDir, Timer, check_inputs, input_files, package_versions
+from jobs.stages import StagePlan
+from schemas import arrow
+from schemas import columns as c
+
+HINT_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Everything that defines a sampling run."""
+
+    input: str = opt("", "input Parquet file or directory (local path or s3://...)")
+    output: str = opt("", "output directory for trajectory shards (local path or s3://...)")
+    model: str = opt("", "GRM: a local model directory (config.json + tokenizer)")
+    k: int = opt(8, "trajectories per sample (non-hinted)")
+    template: str = opt("default", "prompt template: default, single, rm_r1_pairwise, or a template file")
+    engine: str = opt("transformers", "generation backend", choices=ENGINES)
+    concurrency: int = opt(1, "engine actors in the pool")
+    num_gpus_per_actor: float | None = opt(None, "GPUs per engine actor (default: 1 for vllm, 0 for transformers)")
+    concurrent_batches: int | None = opt(None, "batches in flight per actor (default: 4 for vllm, 1 for transformers)")
+    batch_size: int = opt(16, "samples per engine call")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
+    top_p: float = opt(1.0, "nucleus sampling mass")
+    max_tokens: int = opt(512, "max new tokens per trajectory")
+    seed: int = opt(0, "run seed: fixes permutations and sampling")
+    dtype: str = opt("auto", "model dtype (auto, float32, bfloat16, float16)")
+    device: str = opt("auto", "transformers device: auto, cpu, cuda")
+    max_model_len: int | None = opt(None, "vLLM context length limit")
+    gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
+    max_num_seqs: int | None = opt(None, "vLLM max concurrent sequences")
+    tensor_parallel_size: int = opt(1, "vLLM GPUs per engine")
+    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    overwrite: bool = opt(False, "delete an existing output directory first")
+    hint: str = opt("never", "hinted sampling mode (used by rft)", choices=HINT_MODES, cli=False)
+
+    def __post_init__(self) -> None:
+        check(bool(self.input), "input", "is required")
+        check(bool(self.output), "output", "is required")
+        check(bool(self.model), "model", "is required")
+        check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
+        check(self.engine in ENGINES, "engine", f"must be one of {ENGINES}, got {self.engine!r}")
+        check(self.hint in HINT_MODES, "hint", f"must be one of {HINT_MODES}, got {self.hint!r}")
+        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            kind=self.engine,
+            model=self.model,
+            dtype=self.dtype,
+            device=self.device,
+            max_model_len=self.max_model_len,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs,
+            tensor_parallel_size=self.tensor_parallel_size,
+        )
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
+    def settings(self) -> dict:
+        """The options that fix the results; a resumed run must match them."""
+        keys = ("input", "model", "k", "template", "temperature", "top_p", "max_tokens", "seed", "hint")
+        return {key: getattr(self, key) for key in keys}
+
+
+def build_stages(cfg: SampleConfig, out: OutputDir, done_ids) -> list[StagePlan]:
+    """The sample pipeline as plain data: validate -> generate (actor pool) -> write."""
+    from cluster.pools import plan_pool
+    from jobs.stages import GenerateStage, validate_stage, write_stage
+
+    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, cfg.concurrent_batches)
+    return [
+        StagePlan(
+            "validate",
+            validate_stage,
+            {
+                "batch_format": "pyarrow",
+                "fn_kwargs": {"need_unique_max": True, "done_ids": done_ids, "quarantine_dir": out.quarantine, "fs": out.fs},
+            },
+        ),
+        StagePlan(
+            "generate",
+            GenerateStage,
+            {
+                "batch_format": "pyarrow",
+                "batch_size": cfg.batch_size,
+                "fn_constructor_kwargs": {
+                    "engine_cfg": cfg.engine_config(),
+                    "sampling": cfg.sampling(),
+                    "template": cfg.template,
+                    "k": cfg.k,
+                    "seed": cfg.seed,
+                    "hint": cfg.hint,
+                },
+                **pool.map_batches_kwargs(),
+            },
+        ),
+        StagePlan(
+            "write",
+            write_stage,
+            {"batch_format": "pyarrow", "batch_size": None, "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "schema": arrow.TRAJECTORY}},
+        ),
+    ]
+
+
+def execute(stages: list[StagePlan], files: list[str], in_fs, progress) -> None:
+    """The runner: read, apply each stage, stream the per-shard counts into the progress line."""
+    import ray.data
+
+    from cluster.storage import arrow_filesystem
+
+    ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(in_fs), include_paths=True)
+    for st in stages:
+        ds = ds.map_batches(st.fn, **st.kwargs)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            progress.update(row["samples"], row["rows"], row["parse_failures"])
+
+
+def summarize(out: OutputDir, rows_in: int) -> dict:
+    """Counts from the artefacts themselves (so they cover resumed runs too) and the reconciliation."""
+    import polars as pl
+
+    quarantined = out.quarantine_counts()
+    parts = out.parts()
+    cols = [c.ID, c.HINTED, c.PARSE_ERROR, c.CORRECT, c.FINISH_REASON, c.PROMPT_TOKENS, c.COMPLETION_TOKENS]
+    df = pl.from_arrow(out.read(parts, cols)) if parts else pl.DataFrame(schema={k: pl.Utf8 for k in cols})
+    samples_out = df[c.ID].n_unique() if len(df) else 0
+    failures = df.filter(pl.col(c.PARSE_ERROR).is_not_null()).group_by(c.PARSE_ERROR).len() if len(df) else None
+    labelled = df.filter(pl.col(c.CORRECT).is_not_null()) if len(df) else df
+    n_quarantined = sum(quarantined.values())
+    return {
+        "rows_in": rows_in,
+        "samples_out": samples_out,
+        "quarantined": n_quarantined,
+        "quarantine_reasons": quarantined,
+        "reconciled": rows_in == samples_out + n_quarantined,
+        "trajectories": len(df),
+        "hinted": int(df[c.HINTED].sum()) if len(df) else 0,
+        "parse_failures": int(failures["len"].sum()) if failures is not None else 0,
+        "parse_failure_rate": (float(failures["len"].sum()) / len(df)) if failures is not None and len(df) else 0.0,
+        "parse_failure_reasons": dict(sorted(zip(failures[c.PARSE_ERROR], failures["len"]))) if failures is not None else {},
+        "correct": int(labelled[c.CORRECT].sum()) if len(labelled) else 0,
+        "labelled_trajectories": len(labelled),
+        "prompt_tokens": int(df[c.PROMPT_TOKENS].sum()) if len(df) else 0,
+        "completion_tokens": int(df[c.COMPLETION_TOKENS].sum()) if len(df) else 0,
+    }
+
+
+def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
+    """Run the job to completion (resuming what a previous run left) and return its manifest."""
+    from cluster.ray_cluster import connect
+    from jobs.engines import check_model_dir
+    from jobs.progress import Progress, fmt_duration
+    from jobs.protocol import load_template
+    from schemas.validate import check_input_schema
+
+    stream = stream or sys.stderr
+    timer = Timer()
+    load_template(cfg.template)
+    check_model_dir(cfg.model)
+    in_fs, files = input_files(cfg.input)
+    rows_in = check_inputs(in_fs, files, check_input_schema)
+    out = OutputDir(cfg.output)
+    done = out.prepare(cfg.settings(), overwrite=cfg.overwrite)
+    where = connect(cfg.address)
+    print(f"[{job}] {rows_in} samples in {len(files)} file(s), {len(done)} already done; k={cfg.k}; {cfg.engine} on {where}", file=stream)
+    timer.mark("prepared")
+    progress = Progress(job, total=max(rows_in - len(done), 0), stream=stream)
+    execute(build_stages(cfg, out, done), files, in_fs, progress)
+    progress.print()
+    timer.mark("generated")
+    counts = summarize(out, rows_in)
+    timer.mark("summarized")
+    elapsed = time.time() - timer.start
+    manifest = {
+        "job": job,
+        "config": to_dict(cfg),
+        "settings": cfg.settings(),
+        "versions": package_versions(),
+        "model": cfg.model,
+        "input_files": len(files),
+        "output": out.display(),
+        "schema": "trajectory",
+        "counts": counts,
+        "this_run": {"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},
+        "timings_s": timer.marks,
+        "throughput": {
+            "trajectories_per_s": round(progress.rows / max(timer.marks["generated"] - timer.marks["prepared"], 1e-9), 3),
+            "completion_tokens_per_s": None,
+        },
+    }
+    gen_s = max(timer.marks["generated"] - timer.marks["prepared"], 1e-9)
+    manifest["throughput"]["completion_tokens_per_s"] = round(counts["completion_tokens"] / gen_s, 1) if progress.rows else 0.0
+    path = out.write_manifest(manifest)
+    q = counts["quarantine_reasons"]
+    print(
+        f"[{job}] done in {fmt_duration(elapsed)}: {counts['samples_out']} samples -> {counts['trajectories']} trajectories "
+        f"({manifest['throughput']['trajectories_per_s']} traj/s this run), {counts['quarantined']} quarantined"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in q.items())})" if q else ""),
+        file=stream,
+    )
+    reasons = ", ".join(f"{k}: {v}" for k, v in counts["parse_failure_reasons"].items())
+    print(f"[{job}] parse failures {100 * counts['parse_failure_rate']:.1f}%" + (f" ({reasons})" if reasons else ""), file=stream)
+    if counts["labelled_trajectories"]:
+        print(f"[{job}] correct trajectories {counts['correct']}/{counts['labelled_trajectories']}", file=stream)
+    if not counts["reconciled"]:
+        print(f"[{job}] WARNING: counts do not reconcile: {rows_in} in != {counts['samples_out']} out + {counts['quarantined']} quarantined", file=stream)
+    print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
+    return manifest
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
+    add_arguments(parser, SampleConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import run_main
+
+    return run_main("sample", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The stages jobs are built from. Each is one ``map_batches`` over pyarrow tables.
+
+Every stage states the columns it needs and what it emits, and fails at its boundary with a
+message naming itself and the column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from schemas import arrow
+from schemas import columns as c
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A stage as plain data: what runs, and the ``map_batches`` arguments it runs with."""
+
+    name: str
+    fn: Any  # a function (Ray tasks) or a class (a Ray actor pool)
+    kwargs: dict = field(default_factory=dict)  # map_batches keyword arguments
+
+    @property
+    def num_gpus(self) -> float:
+        return float(self.kwargs.get("num_gpus") or 0)
+
+
+def require(table: pa.Table, stage: str, cols: tuple[str, ...]) -> None:
+    missing = [col for col in cols if col not in table.column_names]
+    if missing:
+        raise ValueError(f"{stage}: input batch has no column {missing[0]!r} (has {table.column_names})")
+
+
+def shard_name(ids: list[str]) -> str:
+    """A deterministic shard name from the keys it holds."""
+    h = hashlib.blake2b("\x1f".join(ids).encode("utf-8"), digest_size=8).hexdigest()
+    return f"part-{h}.parquet"
+
+
+# ---------------------------------------------------------------- validate
+def validate_stage(batch: pa.Table, *, need_unique_max: bool, done_ids: pa.Array, quarantine_dir: str, fs) -> pa.Table:
+    """Raw input rows -> canonical samples (``arrow.SAMPLE``).
+
+    Invalid rows are written to ``quarantine_dir`` with their reason; rows whose id is already in
+    the output (``done_ids``, a resumed run) are dropped here, before any engine work.
+    """
+    import pyarrow.compute as pc
+
+    from cluster.storage import join, write_parquet_atomic
+    from schemas.validate import normalize
+
+    valid, quarantined = normalize(batch, need_unique_max=need_unique_max, source_column=c.SOURCE_PATH)
+    if len(done_ids):
+        valid = valid.filter(pc.invert(pc.is_in(valid[c.ID], value_set=done_ids)))
+        keep = pc.or_(pc.is_null(quarantined[c.ID]), pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))
+        quarantined = quarantined.filter(keep)
+    if len(quarantined):
+        ids = [str(x) for x in quarantined[c.ID].to_pylist()] + [str(x) for x in quarantined[c.RAW].to_pylist()]
+        write_parquet_atomic(fs, join(quarantine_dir, shard_name(ids)), quarantined, arrow.QUARANTINE)
+    return valid
+
+
+# ---------------------------------------------------------------- generate
+class GenerateStage:
+    """Canonical samples -> trajectories (``arrow.TRAJECTORY``), on an engine built in the actor.
+
+    Needs: id, context, responses, labels. Emits k non-hinted trajectories per sample, plus one
+    hinted trajectory for the samples the hint mode selects (all in the same call, so hinted
+    sampling needs no second pass over the data).
+    """
+
+    def __init__(self, engine_cfg, sampling, template: str, k: int, seed: int, hint: str = "never"):
+        from jobs.engines import build_engine
+        from jobs.protocol import load_template
+
+        self.engine = build_engine(engine_cfg)
+        self.sampling = sampling
+        self.template = load_template(template)
+        self.k = k
+        self.seed = seed
+        self.hint = hint
+
+    def _generate(self, samples: list[dict], specs_per_sample: list[list]) -> list[list[dict]]:
+        """Run every spec of every sample through one engine call; rows per sample."""
+        from jobs import trajectories as tr
+        from jobs.engines import GenerationRequest
+
+        requests, owners = [], []
+        for si, (sample, specs) in enumerate(zip(samples, specs_per_sample)):
+            for group in tr.group_specs(specs):
+                prompt = self.engine.render_chat(tr.messages_for(self.template, sample, group[0]))
+                requests.append(GenerationRequest(prompt, len(group), tr.request_seed(self.seed, sample[c.ID], group[0])))
+                owners.append((si, group))
+        results = self.engine.generate(requests, self.sampling) if requests else []
+        rows: list[list[dict]] = [[] for _ in samples]
+        for (si, group), res in zip(owners, results):
+            for spec, gen in zip(group, res.generations):
+                rows[si].append(tr.trajectory_row(self.template, samples[si], spec, gen, res.prompt_tokens))
+        for r in rows:
+            r.sort(key=lambda row: (row[c.HINTED], row[c.SAMPLE_INDEX]))
+        return rows
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from jobs import trajectories as tr
+
+        require(batch, "GenerateStage", (c.ID, c.CONTEXT, c.RESPONSES, c.LABELS))
+        samples = batch.to_pylist()
+        for s in samples:
+            problem = self.template.check_n(len(s[c.RESPONSES]))
+            if problem:
+                raise ValueError(f"GenerateStage: sample {s[c.ID]}: {problem}")
+        plans = [tr.plan_trajectories(s[c.ID], len(s[c.RESPONSES]), self.k, self.seed) for s in samples]
+        rows = self._generate(samples, plans)
+        if self.hint != "never":
+            hinted_idx = [
+                i for i, s in enumerate(samples) if s[c.LABELS] is not None and tr.needs_hint(self.hint, rows[i])
+            ]
+            hinted_rows = self._generate(
+                [samples[i] for i in hinted_idx],
+                [[tr.plan_hinted(samples[i][c.ID], samples[i][c.LABELS], self.seed)] for i in hinted_idx],
+            )
+            for i, extra in zip(hinted_idx, hinted_rows):
+                rows[i].extend(extra)
+        flat = [row for sample_rows in rows for row in sample_rows]
+        return pa.Table.from_pylist(flat, schema=arrow.TRAJECTORY)
+
+
+# ---------------------------------------------------------------- write
+STATS = pa.schema(
+    [
+        ("shard", pa.string()),
+        ("samples", pa.int64()),
+        ("rows", pa.int64()),
+        ("parse_failures", pa.int64()),
+        ("correct", pa.int64()),
+        ("labelled", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+    ]
+)
+
+
+def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema) -> pa.Table:
+    """Write one block as one atomic shard; emit one row of counts for the driver's progress line.
+
+    A block holds whole samples (the generate stage emits all rows of a sample together), so a
+    shard is a unit of resume: a sample is either entirely in the output or not at all.
+    """
+    import pyarrow.compute as pc
+
+    from cluster.storage import join, write_parquet_atomic
+
+    if len(batch) == 0:
+        return pa.Table.from_pylist([], schema=STATS)
+    require(batch, "write_stage", (c.ID,))
+    ids = batch[c.ID].to_pylist()
+    name = shard_name([f"{i}\x1e{j}" for i, j in zip(ids, range(len(ids)))])
+    write_parquet_atomic(fs, join(out_dir, name), batch, schema)
+
+    def count(col: str, fn) -> int:
+        return int(fn(batch[col]).as_py() or 0) if col in batch.column_names else 0
+
+    stats = {
+        "shard": name,
+        "samples": len(set(ids)),
+        "rows": len(batch),
+        "parse_failures": count(c.PARSE_ERROR, lambda a: pc.sum(pc.is_valid(a))),
+        "correct": count(c.CORRECT, lambda a: pc.sum(pc.fill_null(a, False))),
+        "labelled": count(c.CORRECT, lambda a: pc.sum(pc.is_valid(a))),
+        "prompt_tokens": count(c.PROMPT_TOKENS, pc.sum),
+        "completion_tokens": count(c.COMPLETION_TOKENS, pc.sum),
+    }
+    return pa.Table.from_pylist([stats], schema=STATS)
+
+
+def counter_json(values) -> str:
+    return json.dumps(dict(sorted(Counter(v for v in values if v is not None).items())))

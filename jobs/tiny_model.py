@@ -1,0 +1,545 @@
+"""Build a tiny generative reward model (GRM) locally, for tests and the README demo.
+
+There is no model hub here, so every test that needs "a real transformers model" uses one built
+by this module: a byte-level BPE tokenizer trained on the GRM prompt templates plus synthetic
+conversations, a randomly initialised Llama-architecture causal LM (head_dim 64, so vLLM's GPU
+attention backends accept it), and a short CPU fine-tune on synthetic (prompt, completion) pairs
+whose completions follow the SPEC §2 three-line format::
+
+    Specific Criteria: ...
+    Analysis: ...
+    Scores: \\boxed{a, b}
+
+The model learns the *format* (and a little of "an 'I am not sure.' answer scores low"); it is
+not a good judge. The build is deterministic given the seed.
+
+Input: nothing (all data is generated in code; template text is read from
+``jobs/templates/*.txt`` when present). Output: a directory loadable with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` (safetensors),
+plus ``tribunal_model.json`` describing the build.
+
+Run::
+
+    python -m jobs.tiny_model --output .tiny/grm --train-steps 300 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "MANIFEST_NAME",
+    "SyntheticExample",
+    "build_tiny_model",
+    "main",
+    "render_default_prompt",
+    "render_single_prompt",
+    "synthetic_examples",
+]
+
+MANIFEST_NAME = "tribunal_model.json"
+TEMPLATES_DIR = pathlib.Path(__file__).resolve().parent / "templates"
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|im_end|>"  # generation stops at the end of the assistant turn
+PAD_TOKEN = "<|endoftext|>"
+IM_START = "<|im_start|>"
+SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, IM_START, EOS_TOKEN]
+
+# ChatML. The generation prompt ends with "assistant\n", so a completion starts with its text.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- endif -%}"
+)
+
+# ---------------------------------------------------------------------------------------------
+# Prompt text (SPEC §2). Kept here so the build works before/without jobs/templates/*.txt; the
+# template files, when present, are added to the tokenizer corpus.
+
+_PREAMBLE = (
+    "You are a skilled little expert at scoring responses. You should evaluate given responses "
+    "based on the given judging criteria.\n"
+    "Given the context of the conversation (the last round is the User's query) and multiple "
+    "responses from the Assistant, you need to refer to the [General Evaluation Criteria] to "
+    "score the responses. Based on the general evaluation criteria, state potential other "
+    "specific criteria to the query, the weights of different criteria, and then provide an "
+    "overall comprehensive score upon them.\n"
+)
+_SCORE_SENTENCE_DEFAULT = (
+    "Each score is an integer between 1 and 10, with a higher score indicating that the response "
+    "meets the relevant criteria more closely. For example, a score of 1 means the response does "
+    "not meet the criteria at all, a score of 6 means the response meets only some parts, and a "
+    "score of 10 means the response perfectly meets the evaluation criteria.\n"
+)
+_SCORE_SENTENCE_SINGLE = "The score is 0 or 1, with 1 indicating that the response is correct.\n"
+_STEP_BY_STEP = (
+    "Before scoring, please analyze step by step. Your scoring needs to be as strict as possible.\n"
+)
+_CRITERIA_DEFAULT = """
+#### Evaluation Criteria ####
+1. Instruction Adherence:
+ - Fully Adhered (9-10 points): The response fully complies with all instructions and requirements of the question.
+ - Partially Adhered (6-8 points): The response meets most of the instructions but has some omissions or misunderstandings.
+ - Basically Adhered (3-5 points): The response meets some instructions, but the main requirements are not fulfilled.
+ - Not Adhered (1-2 points): The response does not meet any instructions.
+ Example: If the question requires three examples and the response provides only one, it falls under "Partially Adhered."
+2. Usefulness:
+ - Highly Useful (9-10 points): The response provides comprehensive and accurate information, fully addressing the issue.
+ - Useful but Incomplete (6-8 points): The response provides some useful information, but lacks details or accuracy.
+ - Limited Usefulness (3-5 points): The response offers little useful information, with most content being irrelevant or incorrect.
+ - Useless or Incorrect (1-2 points): The response is completely irrelevant or incorrect.
+ Example: If there are factual errors in the response but the overall direction is correct, it falls under "Useful but Incomplete."
+3. Level of Detail:
+ - Very Detailed (9-10 points): The response includes ample details covering all aspects of the issue.
+ - Detailed but Slightly Lacking (6-8 points): The response is fairly detailed but misses some important details.
+ - Basically Detailed (3-5 points): The response provides some details but is not thorough enough overall.
+ - Not Detailed (1-2 points): The response is very brief and lacks necessary details.
+ Example: If the response provides only a simple conclusion without an explanation, it falls under "Not Detailed."
+4. Relevance:
+ - Highly Relevant (9-10 points): The response is highly relevant to the question, with information closely aligned with the topic.
+ - Generally Relevant (6-8 points): The response is generally relevant but includes some unnecessary information.
+ - Partially Relevant (3-5 points): The response has a lot of content that deviates from the topic.
+ - Not Relevant (1-2 points): The response is completely irrelevant.
+ Example: If the response strays from the topic but still provides some relevant information, it falls under "Partially Relevant."
+"""
+_CRITERIA_SINGLE = """
+#### Evaluation Criteria ####
+1. Instruction Adherence: The response follows the instructions of the question.
+2. Clarity: The response is clear and easy to follow.
+3. Accuracy: The response is correct.
+"""
+_FORMAT_DEFAULT = (
+    "#### Output Format Requirements ####\n"
+    "Output with three lines\n"
+    "Specific Criteria: <Other potential criteria specific to the query and the context, and the "
+    "weights of each criteria>.\n"
+    "Analysis: <Compare different responses based on given Criteria>.\n"
+    "Scores: <the overall comprehensive score of all responses in order, separate by comma in the "
+    "boxed, e.g., \\boxed{x, x} if there exists 2 responeses>."
+)
+_FORMAT_SINGLE = (
+    "#### Output Format Requirements ####\n"
+    "Output with three lines\n"
+    "Specific Criteria: <Other potential criteria specific to the query and the context, and the "
+    "weights of each criteria>.\n"
+    "Analysis: <Analyze the response based on given Criteria>.\n"
+    "Scores: <the overall comprehensive score of the response, e.g., \\boxed{x}>."
+)
+# RM-R1 style pairwise rubric, only used as tokenizer corpus when no template files exist.
+_PAIRWISE_FALLBACK = (
+    "Please act as an impartial judge and evaluate the quality of the responses provided by two "
+    "AI Chatbots to the Client's question displayed below.\n"
+    "First, generate a rubric for the question, then evaluate both chatbots against it.\n"
+    "Finally, output your final verdict: <answer>[[A]]</answer> if Chatbot A is better, "
+    "<answer>[[B]]</answer> if Chatbot B is better.\n"
+    "[Client Question]\n{question}\n[The Start of Chatbot A's Response]\n{answer_a}\n"
+    "[The End of Chatbot A's Response]\n[The Start of Chatbot B's Response]\n{answer_b}\n"
+    "[The End of Chatbot B's Response]\n"
+)
+
+
+def render_default_prompt(context: str, responses: Sequence[str], hint: int | None = None) -> str:
+    """The SPEC §2 default multi-response prompt; ``hint`` is a 1-based response number."""
+    blocks = "".join(
+        f"[The Begin of Response {i}]\n{r}\n[The End of Response {i}]\n"
+        for i, r in enumerate(responses, start=1)
+    )
+    text = (
+        _PREAMBLE
+        + _SCORE_SENTENCE_DEFAULT
+        + _STEP_BY_STEP
+        + _CRITERIA_DEFAULT
+        + "\n#### Conversation Context ####\n"
+        + context
+        + "\n\n#### Responses to be Scored ####\n"
+        + blocks
+        + "\n"
+        + _FORMAT_DEFAULT
+    )
+    if hint is not None:
+        text += f"\nThe best response is: Response {hint}"
+    return text
+
+
+def render_single_prompt(context: str, response: str) -> str:
+    """The SPEC §2 single-response (0/1) training prompt."""
+    return (
+        _PREAMBLE
+        + _SCORE_SENTENCE_SINGLE
+        + _STEP_BY_STEP
+        + _CRITERIA_SINGLE
+        + "\n#### Conversation Context ####\n"
+        + context
+        + "\n\n#### Responses to be Scored ####\n"
+        + f"[The Begin of Response]\n{response}\n[The End of Response]\n"
+        + "\n"
+        + _FORMAT_SINGLE
+    )
+
+
+def _template_corpus() -> list[str]:
+    """Template text for the tokenizer: the files in jobs/templates/ if any, else the fallbacks."""
+    texts = [render_default_prompt("{context}", ["{response 1}"]), render_single_prompt("{context}", "{response}")]
+    files = sorted(TEMPLATES_DIR.glob("*.txt")) if TEMPLATES_DIR.is_dir() else []
+    if files:
+        texts += [f.read_text(encoding="utf-8") for f in files]
+    else:
+        texts.append(_PAIRWISE_FALLBACK)
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic data. Every draw goes through one random.Random, so the data is a function of the seed.
+
+_COUNTRIES = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Canada", "Ottawa"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
+    ("Norway", "Oslo"), ("Chile", "Santiago"), ("India", "New Delhi"), ("Greece", "Athens"),
+]
+_THINGS = ["the sea", "autumn", "a cat", "the moon", "rain", "a mountain", "coffee", "winter"]
+_TASKS = [
+    ("boil an egg", "Put the egg in boiling water for nine minutes, then cool it."),
+    ("reverse a list in Python", "Use my_list[::-1] or call my_list.reverse()."),
+    ("plant a tree", "Dig a wide hole, set the roots in, refill with soil and water well."),
+    ("write a cover letter", "Open with the role, show two achievements, close with thanks."),
+    ("sort a list in Python", "Call sorted(items) for a new list or items.sort() in place."),
+    ("make tea", "Boil water, steep the tea for three minutes, then remove the leaves."),
+]
+_WORDS = [("cat", "chat"), ("house", "maison"), ("water", "eau"), ("book", "livre"),
+          ("sun", "soleil"), ("bread", "pain"), ("friend", "ami"), ("green", "vert")]
+_BAD_ANSWERS = ["I am not sure.", "I cannot help with that.", "Bananas are yellow.", "No.",
+                "Please ask someone else.", "The weather is nice today."]
+_CRITERIA = ["Accuracy", "Clarity", "Brevity", "Correctness", "Completeness", "Helpfulness",
+             "Relevance", "Style", "Safety", "Creativity"]
+_GOOD_ADJ = ["correct", "clear", "helpful", "accurate", "complete", "precise"]
+_MID_ADJ = ["vague", "partly correct", "too short", "incomplete"]
+_BAD_ADJ = ["wrong", "off-topic", "unhelpful", "irrelevant", "evasive"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticExample:
+    """One training pair: the user turn (a rendered GRM prompt) and the target completion."""
+
+    prompt: str
+    """The user message, already a rendered GRM prompt."""
+    completion: str
+    """The three-line GRM output the model should write."""
+    n: int
+    """How many responses the prompt holds."""
+
+
+def _query_and_answers(rng: random.Random) -> tuple[str, str, str]:
+    """A user query, a good answer and a mediocre answer."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        country, capital = rng.choice(_COUNTRIES)
+        other = rng.choice([c for _, c in _COUNTRIES if c != capital])
+        return (f"What is the capital of {country}?", f"The capital of {country} is {capital}.",
+                f"It might be {other}.")
+    if kind == 1:
+        thing = rng.choice(_THINGS)
+        return (f"Write a two-line poem about {thing}.",
+                f"Softly {thing} turns to gold,\na quiet story, gently told.",
+                f"{thing.capitalize()} is nice.")
+    if kind == 2:
+        task, answer = rng.choice(_TASKS)
+        return (f"How do I {task}?", answer, f"You can {task} easily.")
+    if kind == 3:
+        a, b = rng.randrange(2, 60), rng.randrange(2, 60)
+        wrong = a + b + rng.choice([-3, -1, 1, 2, 10])
+        return (f"What is {a} + {b}?", f"{a} + {b} = {a + b}.", f"It is about {wrong}.")
+    word, french = rng.choice(_WORDS)
+    return (f"Translate '{word}' into French.", f"'{word}' is '{french}' in French.",
+            f"Maybe '{word}e'.")
+
+
+def _context(rng: random.Random, query: str) -> str:
+    """The conversation as text; sometimes with an earlier turn."""
+    if rng.random() < 0.25:
+        greeting = rng.choice(["Hi!", "Hello there.", "Good morning."])
+        reply = rng.choice(["Hello! How can I help?", "Hi, what do you need?"])
+        return f"User: {greeting}\nAssistant: {reply}\nUser: {query}"
+    return f"User: {query}"
+
+
+def _criteria_line(rng: random.Random) -> str:
+    first, second = rng.sample(_CRITERIA, 2)
+    w = rng.choice([50, 60, 70])
+    return f"Specific Criteria: {first} ({w}%), {second} ({100 - w}%)."
+
+
+def _default_example(rng: random.Random, n: int) -> SyntheticExample:
+    query, good, mid = _query_and_answers(rng)
+    responses, scores, adjs = [], [], []
+    for _ in range(n):
+        quality = rng.choices(("good", "mid", "bad"), weights=(2, 1, 1))[0]
+        if quality == "good":
+            responses.append(good)
+            scores.append(rng.randint(7, 10))
+            adjs.append(rng.choice(_GOOD_ADJ))
+        elif quality == "mid":
+            responses.append(mid)
+            scores.append(rng.randint(4, 6))
+            adjs.append(rng.choice(_MID_ADJ))
+        else:
+            responses.append(rng.choice(_BAD_ANSWERS))
+            scores.append(rng.randint(1, 3))
+            adjs.append(rng.choice(_BAD_ADJ))
+    hint = None
+    if n >= 2 and rng.random() < 0.1:
+        hint = max(range(n), key=lambda i: scores[i]) + 1
+        scores[hint - 1] = max(scores) + (1 if max(scores) < 10 else 0)
+    if n == 1:
+        analysis = f"Analysis: The response is {adjs[0]}."
+    else:
+        best = max(range(n), key=lambda i: scores[i])
+        worst = min(range(n), key=lambda i: scores[i])
+        analysis = f"Analysis: Response {best + 1} is {adjs[best]}; Response {worst + 1} is {adjs[worst]}."
+    boxed = ", ".join(str(s) for s in scores)
+    completion = f"{_criteria_line(rng)}\n{analysis}\nScores: \\boxed{{{boxed}}}"
+    prompt = render_default_prompt(_context(rng, query), responses, hint=hint)
+    return SyntheticExample(prompt=prompt, completion=completion, n=n)
+
+
+def _single_example(rng: random.Random) -> SyntheticExample:
+    query, good, mid = _query_and_answers(rng)
+    correct = rng.random() < 0.5
+    response = good if correct else rng.choice([mid, rng.choice(_BAD_ANSWERS)])
+    adj = rng.choice(_GOOD_ADJ if correct else _BAD_ADJ)
+    completion = (f"{_criteria_line(rng)}\nAnalysis: The response is {adj}.\n"
+                  f"Scores: \\boxed{{{int(correct)}}}")
+    return SyntheticExample(render_single_prompt(_context(rng, query), response), completion, 1)
+
+
+def synthetic_examples(count: int, seed: int) -> list[SyntheticExample]:
+    """``count`` deterministic training pairs: n in 1..4 (mostly 2), ~10% single-response 0/1."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        if rng.random() < 0.1:
+            out.append(_single_example(rng))
+        else:
+            out.append(_default_example(rng, rng.choices((1, 2, 3, 4), weights=(1, 4, 2, 1))[0]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building.
+
+
+def _train_tokenizer(corpus: list[str], vocab_size: int):
+    """Byte-level BPE (any text round-trips) wrapped as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=[IM_START],
+        model_max_length=4096,
+        padding_side="left",  # batched generation pads on the left
+        clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _encode_pairs(tokenizer, examples: list[SyntheticExample]) -> list[tuple[list[int], int]]:
+    """(token ids, prompt length) per example; the target is the completion plus <|im_end|>."""
+    out = []
+    for ex in examples:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+        )
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c_ids = tokenizer(ex.completion + EOS_TOKEN, add_special_tokens=False)["input_ids"]
+        out.append((p_ids + c_ids, len(p_ids)))
+    return out
+
+
+def build_tiny_model(
+    output_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    train_steps: int = 300,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    head_dim: int = 64,
+    intermediate_size: int | None = None,
+    vocab_size: int = 3000,
+    batch_size: int = 4,
+    learning_rate: float = 3e-3,
+    max_position_embeddings: int = 4096,
+    log_every: int = 50,
+    log: Callable[[str], None] | None = print,
+) -> pathlib.Path:
+    """Train a tokenizer, random-init a Llama causal LM, fine-tune it on CPU, save; return the dir.
+
+    ``hidden_size`` must be a multiple of ``head_dim`` (64 keeps vLLM's attention backends happy).
+    ``train_steps=0`` saves the random-init model. ``log`` gets one line per ``log_every`` steps.
+    """
+    if hidden_size % head_dim:
+        raise ValueError(f"hidden_size={hidden_size} is not a multiple of head_dim={head_dim}")
+    if train_steps < 0:
+        raise ValueError(f"train_steps={train_steps} must be >= 0")
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    t0 = time.perf_counter()
+    out = pathlib.Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Tokenizer corpus: template text (repeated so its phrases merge into few tokens) plus
+    # synthetic prompts and outputs drawn from a stream separate from the training stream.
+    corpus_examples = synthetic_examples(400, seed=seed + 1_000_003)
+    corpus = _template_corpus() * 20
+    corpus += [ex.prompt for ex in corpus_examples[:40]]
+    corpus += [ex.completion for ex in corpus_examples]
+    tokenizer = _train_tokenizer(corpus, vocab_size)
+
+    torch.manual_seed(seed)
+    n_heads = hidden_size // head_dim
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    final_loss = None
+    losses: list[float] = []
+    if train_steps > 0:
+        examples = synthetic_examples(train_steps * batch_size, seed=seed)
+        encoded = _encode_pairs(tokenizer, examples)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+        warmup = max(1, train_steps // 10)
+
+        def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, train_steps - warmup)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+        model.train()
+        for step in range(train_steps):
+            batch = encoded[step * batch_size : (step + 1) * batch_size]
+            length = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
+            labels = torch.full((len(batch), length), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), length), dtype=torch.long)
+            for row, (ids, prompt_len) in enumerate(batch):  # right-padded; loss on completion only
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+                mask[row, : len(ids)] = 1
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+            if log is not None and ((step + 1) % log_every == 0 or step + 1 == train_steps):
+                recent = losses[-log_every:]
+                log(f"step {step + 1}/{train_steps} loss {sum(recent) / len(recent):.4f}")
+        final_loss = sum(losses[-10:]) / len(losses[-10:])
+    model.eval()
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    seconds = time.perf_counter() - t0
+    manifest = {
+        "kind": "tribunal tiny GRM (synthetic, format-only)",
+        "architecture": "LlamaForCausalLM",
+        "seed": seed,
+        "train_steps": train_steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "head_dim": head_dim,
+        "vocab_size": len(tokenizer),
+        "num_parameters": n_params,
+        "final_loss": final_loss,
+        "seconds": round(seconds, 3),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
+                     "tokenizers": _version("tokenizers")},
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if log is not None:
+        loss_text = "n/a" if final_loss is None else f"{final_loss:.4f}"
+        log(f"built {out} params={n_params} vocab={len(tokenizer)} steps={train_steps} "
+            f"final_loss={loss_text} seconds={seconds:.1f}")
+    return out
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.tiny_model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, help="directory to write the model into")
+    parser.add_argument("--train-steps", type=int, default=300, help="CPU fine-tuning steps (0 = random init)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for data, init and training")
+    parser.add_argument("--hidden-size", type=int, default=128, help="model width (multiple of 64)")
+    parser.add_argument("--num-layers", type=int, default=2, help="transformer layers")
+    args = parser.parse_args(argv)
+    build_tiny_model(
+        args.output,
+        seed=args.seed,
+        train_steps=args.train_steps,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

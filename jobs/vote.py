@@ -1,0 +1,246 @@
+"""vote: k-way voting over sampled trajectories (CPU, polars; no GPU, no Ray).
+
+Input schema: trajectory shards written by ``sample`` (``schemas.arrow.TRAJECTORY``), local or
+``s3://``. The first ``--k`` non-hinted trajectories of each sample by ``sample_index`` vote:
+``S*_i = sum_j S_ij`` over those with valid scores (parse failures do not vote), ``best =
+argmax_i S*_i`` with a tie-break seeded per sample id. One k=32 sampling run gives every smaller k.
+
+Output schema: ``OUT/part-*.parquet`` in ``schemas.arrow.VOTE``; one row per sample: totals,
+``best`` (0-based index into ``responses``, null when every trajectory failed to parse, i.e. the
+sample abstains), ``tied``, ``k`` used, ``valid`` voters, and with labels ``correct`` and the
+accuracy ``credit`` under ``--tie random|half|strict``.
+
+Streaming: the ``sample`` job writes all trajectories of a sample into one shard, so shards are
+voted in chunks of about ``--chunk-rows`` rows and memory stays bounded whatever the data size.
+
+Run::
+
+    tribunal vote --input traj/ --output votes/ --k 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from jobs import grm_math
+from jobs.config import add_arguments, check, opt, to_dict
+from jobs.outputs import OutputDir, Timer, package_versions
+from schemas import arrow
+from schemas import columns as c
+from schemas.errors import TribunalError
+
+VOTE_INPUT = (c.ID, c.SAMPLE_INDEX, c.HINTED, c.N_RESPONSES, c.SCORES, c.LABELS)
+
+
+@dataclass(frozen=True)
+class VoteConfig:
+    """A voting run over existing trajectory shards."""
+
+    input: str = opt("", "trajectory shards: a directory or file (local path or s3://...)")
+    output: str = opt("", "output directory for vote shards")
+    k: int | None = opt(None, "vote with the first k non-hinted trajectories of each sample (default: all)")
+    tie: str = opt("random", "tie protocol for accuracy: random (seeded), half (0.5), strict (0)", choices=grm_math.TIE_PROTOCOLS)
+    seed: int = opt(0, "seed of the per-sample tie-break")
+    chunk_rows: int = opt(2_000_000, "trajectory rows voted per chunk (bounds memory)")
+
+    def __post_init__(self) -> None:
+        check(bool(self.input), "input", "is required")
+        check(bool(self.output), "output", "is required")
+        check(self.k is None or self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        check(self.tie in grm_math.TIE_PROTOCOLS, "tie", f"must be one of {grm_math.TIE_PROTOCOLS}, got {self.tie!r}")
+        check(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
+
+
+def vote_frame(traj, k: int | None, seed: int, tie: str):
+    """Vote a polars DataFrame of trajectories holding whole samples -> one row per sample.
+
+    Vectorised except for the seeded tie-break, which runs in Python for tied samples only.
+    Agrees with ``grm_math.vote`` and ``grm_math.vote_credit`` row for row (tested).
+    """
+    import polars as pl
+
+    t = traj.filter(~pl.col(c.HINTED))
+    if k is not None:
+        t = t.filter(pl.col(c.SAMPLE_INDEX).rank("ordinal").over(c.ID) <= k)
+    per_sample = t.group_by(c.ID).agg(
+        pl.col(c.N_RESPONSES).first(),
+        pl.len().cast(pl.Int32).alias(c.K),
+        pl.col(c.SCORES).is_not_null().sum().cast(pl.Int32).alias(c.VALID),
+        pl.col(c.LABELS).first(),
+    )
+    voters = (
+        t.filter(pl.col(c.SCORES).is_not_null())
+        .select(c.ID, c.SCORES)
+        .with_columns(pl.int_ranges(pl.col(c.SCORES).list.len()).alias("_pos"))
+        .explode(c.SCORES, "_pos")
+    )
+    totals = (
+        voters.group_by(c.ID, "_pos")
+        .agg(pl.col(c.SCORES).cast(pl.Int64).sum())
+        .sort(c.ID, "_pos")
+        .group_by(c.ID, maintain_order=True)
+        .agg(pl.col(c.SCORES).alias(c.TOTALS))
+    )
+    v = per_sample.join(totals, on=c.ID, how="left").with_columns(
+        pl.col(c.TOTALS).list.max().alias("_top"),
+    )
+    v = v.with_columns(
+        pl.col(c.TOTALS).list.eval((pl.element() == pl.element().max()).cast(pl.Int32)).list.sum().alias("_leaders"),
+        pl.col(c.TOTALS).list.arg_max().cast(pl.Int32).alias(c.BEST),
+    ).with_columns(pl.col("_leaders").fill_null(0).gt(1).alias(c.TIED))
+    tied = v.filter(pl.col(c.TIED))
+    if len(tied):
+        picks = [
+            grm_math.tie_break(seed, sid, [i for i, x in enumerate(tot) if x == max(tot)], n)
+            for sid, tot, n in zip(tied[c.ID].to_list(), tied[c.TOTALS].to_list(), tied[c.N_RESPONSES].to_list())
+        ]
+        fix = pl.DataFrame({c.ID: tied[c.ID], "_pick": pl.Series(picks, dtype=pl.Int32)})
+        v = v.join(fix, on=c.ID, how="left").with_columns(pl.coalesce("_pick", c.BEST).alias(c.BEST)).drop("_pick")
+    # Truth: the unique top label; samples with n = 1, no labels or a shared top label get no verdict.
+    label_top = pl.col(c.LABELS).list.max()
+    label_unique = pl.col(c.LABELS).list.eval((pl.element() == pl.element().max()).cast(pl.Int32)).list.sum() == 1
+    truth = pl.when(label_unique & (pl.col(c.N_RESPONSES) >= 2)).then(pl.col(c.LABELS).list.arg_max())
+    v = v.with_columns(truth.cast(pl.Int32).alias("_truth"), label_top.alias("_ltop"))
+    judged = pl.col("_truth").is_not_null()
+    abstain = pl.col(c.BEST).is_null()
+    correct = pl.when(judged).then(pl.when(abstain).then(False).otherwise(pl.col(c.BEST) == pl.col("_truth")))
+    truth_total = pl.col(c.TOTALS).list.get(pl.col("_truth").fill_null(0), null_on_oob=True)
+    if tie == "random":
+        credit = pl.when(abstain).then(0.0).otherwise(correct.cast(pl.Float64))
+    elif tie == "half":
+        credit = (
+            pl.when(abstain)
+            .then(0.5)
+            .when(pl.col(c.TIED))
+            .then(pl.when(truth_total == pl.col("_top")).then(0.5).otherwise(0.0))
+            .otherwise(correct.cast(pl.Float64))
+        )
+    else:
+        credit = pl.when(abstain | pl.col(c.TIED)).then(0.0).otherwise(correct.cast(pl.Float64))
+    v = v.with_columns(correct.alias(c.CORRECT), pl.when(judged).then(credit).alias(c.CREDIT))
+    return v.select([f.name for f in arrow.VOTE]).sort(c.ID)
+
+
+def to_arrow_votes(df) -> pa.Table:
+    return df.to_arrow().cast(arrow.VOTE)
+
+
+def chunk_files(out_fs, files: list[str], chunk_rows: int) -> list[list[str]]:
+    """Group files into chunks of about ``chunk_rows`` rows (from Parquet footers)."""
+    import pyarrow.parquet as pq
+
+    chunks, cur, rows = [], [], 0
+    for f in files:
+        with out_fs.open(f, "rb") as fh:
+            n = pq.ParquetFile(fh).metadata.num_rows
+        if cur and rows + n > chunk_rows:
+            chunks.append(cur)
+            cur, rows = [], 0
+        cur.append(f)
+        rows += n
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
+    import polars as pl
+
+    from cluster import storage
+    from jobs.progress import fmt_duration
+    from jobs.stages import shard_name
+
+    stream = stream or sys.stderr
+    timer = Timer()
+    in_fs, in_path = storage.resolve(cfg.input)
+    files = storage.list_parquet(in_fs, in_path, "trajectories")
+    src = OutputDir(cfg.input)
+    schema_where = storage.display(in_fs, files[0])
+    with in_fs.open(files[0], "rb") as fh:
+        import pyarrow.parquet as pq
+
+        names = pq.ParquetFile(fh).schema_arrow.names
+    for col in VOTE_INPUT:
+        if col not in names:
+            raise TribunalError(f"{schema_where}: no {col!r} column: not a trajectory shard (run `tribunal sample` first)")
+    out = OutputDir(cfg.output)
+    if out.exists():
+        for p in out.parts():
+            out.fs.rm(p)
+    out.fs.makedirs(out.path, exist_ok=True)
+    seen: set[str] = set()
+    totals = {"samples": 0, "trajectories": 0, "valid": 0, "abstained": 0, "tied": 0, "judged": 0, "credit": 0.0, "correct": 0}
+    chunks = chunk_files(in_fs, files, cfg.chunk_rows)
+    for i, chunk in enumerate(chunks):
+        traj = pl.from_arrow(src.read(chunk, list(VOTE_INPUT)))
+        votes = vote_frame(traj, cfg.k, cfg.seed, cfg.tie)
+        ids = votes[c.ID].to_list()
+        dup = seen.intersection(ids)
+        if dup:
+            raise TribunalError(
+                f"sample {sorted(dup)[0]!r} has trajectories in more than one chunk of {cfg.input}: "
+                "vote needs each sample's trajectories in one shard (as `sample` writes them)"
+            )
+        seen.update(ids)
+        storage.write_parquet_atomic(out.fs, storage.join(out.path, shard_name(ids[:1] + ids[-1:] + [str(len(ids))])), to_arrow_votes(votes), arrow.VOTE)
+        totals["samples"] += len(votes)
+        totals["trajectories"] += int(votes[c.K].sum())
+        totals["valid"] += int(votes[c.VALID].sum())
+        totals["abstained"] += int(votes[c.BEST].is_null().sum())
+        totals["tied"] += int(votes[c.TIED].sum())
+        judged = votes.filter(pl.col(c.CREDIT).is_not_null())
+        totals["judged"] += len(judged)
+        totals["credit"] += float(judged[c.CREDIT].sum())
+        totals["correct"] += int(judged[c.CORRECT].sum())
+        print(f"[{job}] chunk {i + 1}/{len(chunks)}: {totals['samples']} samples voted", file=stream, flush=True)
+    timer.mark("voted")
+    n_traj = totals["trajectories"]
+    counts = {
+        "samples": totals["samples"],
+        "trajectories_considered": n_traj,
+        "parse_failure_rate": (n_traj - totals["valid"]) / n_traj if n_traj else 0.0,
+        "abstained": totals["abstained"],
+        "tied": totals["tied"],
+        "judged": totals["judged"],
+        "accuracy": totals["credit"] / totals["judged"] if totals["judged"] else None,
+        "correct": totals["correct"],
+    }
+    manifest = {
+        "job": job,
+        "config": to_dict(cfg),
+        "versions": package_versions(),
+        "output": out.display(),
+        "schema": "vote",
+        "counts": counts,
+        "timings_s": timer.marks,
+        "throughput": {"trajectories_per_s": round(n_traj / max(timer.marks["voted"], 1e-9), 1)},
+    }
+    path = out.write_manifest(manifest)
+    acc = f", accuracy {100 * counts['accuracy']:.1f}% ({cfg.tie} ties, {counts['judged']} judged)" if counts["accuracy"] is not None else ""
+    print(
+        f"[{job}] done in {fmt_duration(time.time() - timer.start)}: {counts['samples']} samples, k={cfg.k or 'all'}, "
+        f"parse failures {100 * counts['parse_failure_rate']:.1f}%, {counts['abstained']} abstained, {counts['tied']} tied{acc}",
+        file=stream,
+    )
+    print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
+    return manifest
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
+    add_arguments(parser, VoteConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import run_main
+
+    return run_main("vote", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

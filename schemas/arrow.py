@@ -1,0 +1,80 @@
+"""Arrow schemas of every artefact tribunal writes. Writers are always given these; never inferred."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas import columns as c
+
+MESSAGE = pa.struct([pa.field(c.ROLE, pa.string()), pa.field(c.CONTENT, pa.string())])
+
+# A validated, canonical sample: what every job works on after the validate stage.
+SAMPLE = pa.schema(
+    [
+        pa.field(c.ID, pa.string(), nullable=False),
+        pa.field(c.CONTEXT, pa.list_(MESSAGE), nullable=False),
+        pa.field(c.RESPONSES, pa.list_(pa.string()), nullable=False),
+        pa.field(c.LABELS, pa.list_(pa.float64())),
+    ]
+)
+
+TRAJECTORY = pa.schema(
+    [
+        pa.field(c.ID, pa.string(), nullable=False),
+        pa.field(c.SAMPLE_INDEX, pa.int32(), nullable=False),
+        pa.field(c.HINTED, pa.bool_(), nullable=False),
+        pa.field(c.N_RESPONSES, pa.int32(), nullable=False),
+        pa.field(c.PERMUTATION, pa.list_(pa.int32()), nullable=False),
+        pa.field(c.TEXT, pa.string(), nullable=False),
+        pa.field(c.SCORES, pa.list_(pa.int32())),
+        pa.field(c.PARSE_ERROR, pa.string()),
+        pa.field(c.PRINCIPLES, pa.string()),
+        pa.field(c.CRITIQUE, pa.string()),
+        pa.field(c.LABELS, pa.list_(pa.float64())),
+        pa.field(c.CORRECT, pa.bool_()),
+        pa.field(c.FINISH_REASON, pa.string()),
+        pa.field(c.PROMPT_TOKENS, pa.int32()),
+        pa.field(c.COMPLETION_TOKENS, pa.int32()),
+    ]
+)
+
+VOTE = pa.schema(
+    [
+        pa.field(c.ID, pa.string(), nullable=False),
+        pa.field(c.N_RESPONSES, pa.int32(), nullable=False),
+        pa.field(c.K, pa.int32(), nullable=False),
+        pa.field(c.VALID, pa.int32(), nullable=False),
+        pa.field(c.TOTALS, pa.list_(pa.int64())),
+        pa.field(c.BEST, pa.int32()),
+        pa.field(c.TIED, pa.bool_(), nullable=False),
+        pa.field(c.LABELS, pa.list_(pa.float64())),
+        pa.field(c.CORRECT, pa.bool_()),
+        pa.field(c.CREDIT, pa.float64()),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        pa.field(c.ID, pa.string()),
+        pa.field(c.REASON, pa.string(), nullable=False),
+        pa.field(c.DETAIL, pa.string()),
+        pa.field(c.SOURCE_PATH, pa.string()),
+        pa.field(c.RAW, pa.string()),
+    ]
+)
+
+# Typed parse failures (SPEC section 2, rule 4).
+PARSE_ERRORS = ("no_scores", "wrong_count", "not_integer", "out_of_range", "truncated")
+
+# Input contract violations: the `reason` values of quarantined rows.
+QUARANTINE_REASONS = (
+    "no_responses",  # responses missing, null or empty
+    "null_text",  # a null response, prompt or message content
+    "invalid_utf8",  # text that does not decode as UTF-8
+    "no_prompt",  # neither a usable context nor a prompt
+    "bad_context",  # context present but malformed (empty, bad role, last turn not the user's)
+    "label_count_mismatch",  # labels given but not one per response
+    "bad_label",  # a null or non-finite label
+    "labels_no_unique_max",  # n >= 2 and correctness needed, but the top label is shared
+    "duplicate_id",  # the same id appears twice in one batch
+)

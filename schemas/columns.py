@@ -1,0 +1,43 @@
+"""Column names: the one home for every column string used by jobs and training."""
+
+# --- input sample (raw forms accepted on read) ---
+ID = "id"
+CONTEXT = "context"  # list<struct<role, content>>
+PROMPT = "prompt"  # string, alternative to CONTEXT (one user turn)
+RESPONSES = "responses"  # list<string>, n >= 1
+LABELS = "labels"  # list<double>, optional, same length as RESPONSES
+CHOSEN = "chosen"  # pairwise form (RewardBench style)
+REJECTED = "rejected"
+ROLE = "role"
+CONTENT = "content"
+SOURCE_PATH = "path"  # added by the reader: which input file a row came from
+
+# --- trajectory (one sampled GRM generation) ---
+SAMPLE_INDEX = "sample_index"
+HINTED = "hinted"
+PERMUTATION = "permutation"  # permutation[p] = original index of the response shown at position p
+N_RESPONSES = "n_responses"
+TEXT = "text"
+SCORES = "scores"  # original response order; null on parse failure
+PARSE_ERROR = "parse_error"  # null when the scores parsed
+PRINCIPLES = "principles"
+CRITIQUE = "critique"
+CORRECT = "correct"  # null without labels
+FINISH_REASON = "finish_reason"
+PROMPT_TOKENS = "prompt_tokens"
+COMPLETION_TOKENS = "completion_tokens"
+
+# --- vote (one sample after k-way voting) ---
+K = "k"  # trajectories considered (the first k non-hinted by sample_index)
+VALID = "valid"  # how many of them had valid scores and voted
+TOTALS = "totals"  # S*_i = sum of scores, original order; null when the sample abstains
+BEST = "best"  # 0-based index into responses; null when the sample abstains
+TIED = "tied"  # whether the top total was shared (the tie-break picked BEST)
+CREDIT = "credit"  # accuracy credit under the run's tie protocol (1, 0 or 0.5); null without labels
+
+# --- quarantine ---
+REASON = "reason"
+DETAIL = "detail"
+RAW = "raw"  # the offending input row as JSON, so nothing is lost
+
+TRAJECTORY_KEY = (ID, SAMPLE_INDEX, HINTED)

@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny real model, a real local Ray, a real S3-protocol server, sample data."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_samples(path: Path, rows: list[dict], schema: pa.Schema | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def make_rows(count: int, n: int = 2, labelled: bool = True, prefix: str = "s") -> list[dict]:
+    """Small, deterministic reward samples with a unique best response each."""
+    rows = []
+    for i in range(count):
+        responses = [f"Answer {j} to question {i}: " + "word " * (j + 1) for j in range(n)]
+        row = {"id": f"{prefix}{i:04d}", "context": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}], "responses": responses}
+        if labelled:
+            best = i % n
+            row["labels"] = [1.0 if j == best else 0.0 for j in range(n)]
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A small Llama-architecture GRM with a locally trained tokenizer, built once per session.
+
+    Set TRIBUNAL_TEST_MODEL to reuse a model directory between local runs.
+    """
+    from jobs.tiny_model import build_tiny_model
+
+    cached = os.environ.get("TRIBUNAL_TEST_MODEL")
+    if cached and (Path(cached) / "config.json").exists():
+        return cached
+    out = Path(cached) if cached else tmp_path_factory.mktemp("tiny_model")
+    build_tiny_model(out, seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance shared by the job tests of a session."""
+    import ray
+
+    from cluster.ray_cluster import connect
+
+    connect(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server on loopback (moto's server mode, as s3fs's own tests use)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("moto server did not start")
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield endpoint
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=10)
