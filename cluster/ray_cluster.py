@@ -12,7 +12,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     ``address`` (or ``RAY_ADDRESS``) attaches to a running cluster; without either, Ray starts
     in-process on this machine. Calling it again in the same process reuses the session.
     """
+    if quiet:
+        # Must be set before ray.data is first imported.
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml"))
     import ray
+    import ray.data
+    from ray.util.debug import log_once
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
@@ -23,6 +28,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, **kwargs)
+    if quiet:
+        log_once("ray_data_progress_manager_disabled")  # we disable the bars on purpose: no warning
     ctx = ray.data.DataContext.get_current()
     # Our own progress line replaces Ray's bars, which flood non-interactive logs.
     ctx.enable_progress_bars = False

@@ -21,11 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, _, help_text) in COMMANDS.items():
+    for name, (module, cls, help_text) in COMMANDS.items():
+        if cls is None:  # a module with its own argparse main(): hand it the rest of the line
+            p = sub.add_parser(name, help=help_text, add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
-        mod = importlib.import_module(module)
-        mod.add_cli(p)
+        importlib.import_module(module).add_cli(p)
     return parser
 
 
@@ -35,7 +38,7 @@ def _run(command: str, args: argparse.Namespace) -> int:
     module, cls_name, _ = COMMANDS[command]
     mod = importlib.import_module(module)
     if cls_name is None:
-        return mod.run_cli(args)
+        return int(mod.main(args.rest) or 0)
     cfg = load_config(getattr(mod, cls_name), args, getattr(args, "config", None))
     mod.run(cfg)
     return 0

@@ -152,6 +152,25 @@ def check_inputs(fs, files: list[str], check_schema) -> int:
     return total
 
 
+def duplicate_input_ids(fs, files: list[str]) -> frozenset[str]:
+    """Ids given more than once across all input files (reads only the ``id`` column)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    arrays = []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            if c.ID not in pf.schema_arrow.names:
+                continue
+            arrays.append(pf.read(columns=[c.ID])[c.ID].combine_chunks().cast(pa.string()))
+    if not arrays:
+        return frozenset()
+    counts = pc.value_counts(pc.drop_null(pa.concat_arrays(arrays)))
+    dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    return frozenset(dup.to_pylist())
+
+
 class Timer:
     def __init__(self) -> None:
         self.start = time.time()

@@ -33,6 +33,7 @@ class Progress:
         self.samples = 0
         self.rows = 0
         self.failures = 0
+        self._printed = ""
 
     def update(self, samples: int, rows: int, failures: int) -> None:
         self.samples += samples
@@ -57,4 +58,7 @@ class Progress:
         )
 
     def print(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
+        line = self.line()
+        if line != self._printed:  # the final call repeats nothing already shown
+            print(line, file=self.stream, flush=True)
+            self._printed = line

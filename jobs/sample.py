@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from jobs.config import add_arguments, check, load_config, opt, to_dict
 from jobs.engines import ENGINES, EngineConfig, SamplingConfig
-from jobs.outputs import OutputDir, Timer, check_inputs, input_files, package_versions
+from jobs.outputs import OutputDir, Timer, check_inputs, duplicate_input_ids, input_files, package_versions
 from jobs.stages import StagePlan
 from schemas import arrow
 from schemas import columns as c
@@ -94,7 +94,7 @@ class SampleConfig:
         return {key: getattr(self, key) for key in keys}
 
 
-def build_stages(cfg: SampleConfig, out: OutputDir, done_ids) -> list[StagePlan]:
+def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset()) -> list[StagePlan]:
     """The sample pipeline as plain data: validate -> generate (actor pool) -> write."""
     from cluster.pools import plan_pool
     from jobs.stages import GenerateStage, validate_stage, write_stage
@@ -106,7 +106,13 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids) -> list[StagePlan]
             validate_stage,
             {
                 "batch_format": "pyarrow",
-                "fn_kwargs": {"need_unique_max": True, "done_ids": done_ids, "quarantine_dir": out.quarantine, "fs": out.fs},
+                "fn_kwargs": {
+                    "need_unique_max": True,
+                    "done_ids": done_ids,
+                    "duplicate_ids": duplicate_ids,
+                    "quarantine_dir": out.quarantine,
+                    "fs": out.fs,
+                },
             },
         ),
         StagePlan(
@@ -192,13 +198,14 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     check_model_dir(cfg.model)
     in_fs, files = input_files(cfg.input)
     rows_in = check_inputs(in_fs, files, check_input_schema)
+    duplicates = duplicate_input_ids(in_fs, files)
     out = OutputDir(cfg.output)
     done = out.prepare(cfg.settings(), overwrite=cfg.overwrite)
     where = connect(cfg.address)
     print(f"[{job}] {rows_in} samples in {len(files)} file(s), {len(done)} already done; k={cfg.k}; {cfg.engine} on {where}", file=stream)
     timer.mark("prepared")
     progress = Progress(job, total=max(rows_in - len(done), 0), stream=stream)
-    execute(build_stages(cfg, out, done), files, in_fs, progress)
+    execute(build_stages(cfg, out, done, duplicates), files, in_fs, progress)
     progress.print()
     timer.mark("generated")
     counts = summarize(out, rows_in)

@@ -44,7 +44,9 @@ def shard_name(ids: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- validate
-def validate_stage(batch: pa.Table, *, need_unique_max: bool, done_ids: pa.Array, quarantine_dir: str, fs) -> pa.Table:
+def validate_stage(
+    batch: pa.Table, *, need_unique_max: bool, done_ids: pa.Array, duplicate_ids: frozenset, quarantine_dir: str, fs
+) -> pa.Table:
     """Raw input rows -> canonical samples (``arrow.SAMPLE``).
 
     Invalid rows are written to ``quarantine_dir`` with their reason; rows whose id is already in
@@ -55,7 +57,9 @@ def validate_stage(batch: pa.Table, *, need_unique_max: bool, done_ids: pa.Array
     from cluster.storage import join, write_parquet_atomic
     from schemas.validate import normalize
 
-    valid, quarantined = normalize(batch, need_unique_max=need_unique_max, source_column=c.SOURCE_PATH)
+    valid, quarantined = normalize(
+        batch, need_unique_max=need_unique_max, source_column=c.SOURCE_PATH, duplicate_ids=duplicate_ids
+    )
     if len(done_ids):
         valid = valid.filter(pc.invert(pc.is_in(valid[c.ID], value_set=done_ids)))
         keep = pc.or_(pc.is_null(quarantined[c.ID]), pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))

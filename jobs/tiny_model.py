@@ -305,10 +305,8 @@ def _default_example(rng: random.Random, n: int) -> SyntheticExample:
         scores[hint - 1] = max(scores) + (1 if max(scores) < 10 else 0)
     if n == 1:
         analysis = f"Analysis: The response is {adjs[0]}."
-    else:
-        best = max(range(n), key=lambda i: scores[i])
-        worst = min(range(n), key=lambda i: scores[i])
-        analysis = f"Analysis: Response {best + 1} is {adjs[best]}; Response {worst + 1} is {adjs[worst]}."
+    else:  # one clause per response, in order: the score count can follow the clause count
+        analysis = "Analysis: " + "; ".join(f"Response {i + 1} is {a}" for i, a in enumerate(adjs)) + "."
     boxed = ", ".join(str(s) for s in scores)
     completion = f"{_criteria_line(rng)}\n{analysis}\nScores: \\boxed{{{boxed}}}"
     prompt = render_default_prompt(_context(rng, query), responses, hint=hint)
@@ -465,18 +463,18 @@ def build_tiny_model(
             length = max(len(ids) for ids, _ in batch)
             input_ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
             labels = torch.full((len(batch), length), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, (ids, prompt_len) in enumerate(batch):  # right-padded; loss on completion only
+            for row, (ids, prompt_len) in enumerate(batch):  # loss on completion tokens only
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-                mask[row, : len(ids)] = 1
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            # Right padding under a causal mask cannot affect the real tokens, so no attention
+            # mask is passed: that keeps SDPA on its fast is_causal path (about 3x faster on CPU).
+            loss = model(input_ids=input_ids, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(loss.item())
             if log is not None and ((step + 1) % log_every == 0 or step + 1 == train_steps):
                 recent = losses[-log_every:]
                 log(f"step {step + 1}/{train_steps} loss {sum(recent) / len(recent):.4f}")

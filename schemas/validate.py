@@ -316,7 +316,11 @@ def _where(table: pa.Table, source_column: str | None) -> str:
 
 
 def normalize(
-    table: pa.Table, *, need_unique_max: bool, source_column: str | None = c.SOURCE_PATH
+    table: pa.Table,
+    *,
+    need_unique_max: bool,
+    source_column: str | None = c.SOURCE_PATH,
+    duplicate_ids: frozenset[str] | set[str] = frozenset(),
 ) -> tuple[pa.Table, pa.Table]:
     """Validate a raw input batch row by row: (valid rows in arrow.SAMPLE, quarantined rows in
     arrow.QUARANTINE), with len(valid) + len(quarantine) == len(table).
@@ -325,7 +329,9 @@ def normalize(
     is quarantined with a reason. `need_unique_max`: the job needs correctness (SPEC section 3),
     so labelled samples with n >= 2 whose top label is shared are quarantined. `source_column`:
     the column naming each row's input file (Ray's reader adds `path`), copied to quarantine rows.
-    Within one batch the first row with an id is kept and later ones are `duplicate_id`.
+    Within one batch the first row with an id is kept and later ones are `duplicate_id`;
+    `duplicate_ids` (found by the driver across the whole input) are `duplicate_id` everywhere,
+    so which copy survives never depends on how the input was split into batches.
     """
     plan = _plan(table.schema, _where(table, source_column))
     n_rows = table.num_rows
@@ -372,6 +378,8 @@ def normalize(
             if row_id in seen:
                 detail = f"id {row_id!r} already used by an earlier row in this batch"
                 raise _Bad("duplicate_id", detail)
+            if row_id in duplicate_ids:
+                raise _Bad("duplicate_id", f"id {row_id!r} appears more than once in the input")
         except _Bad as e:
             bad_rows.append(i)
             bad_ids.append(row_id)

@@ -19,6 +19,9 @@ class TransformersEngine:
     def __init__(self, cfg: EngineConfig):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         device = cfg.device
         if device == "auto":
