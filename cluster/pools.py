@@ -28,7 +28,13 @@ class PoolPlan:
         return {"compute": compute, "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
 
 
-def plan_pool(engine: str, concurrency: int, num_gpus_per_actor: float | None, concurrent_batches: int | None = None) -> PoolPlan:
+def plan_pool(
+    engine: str,
+    concurrency: int,
+    num_gpus_per_actor: float | None,
+    concurrent_batches: int | None = None,
+    num_cpus_per_actor: float = 1.0,
+) -> PoolPlan:
     """vLLM: one GPU per actor by default and several batches in flight (the async engine batches
     across them); transformers: one core, one batch at a time (its generate call is synchronous)."""
     if concurrency < 1:
@@ -38,4 +44,7 @@ def plan_pool(engine: str, concurrency: int, num_gpus_per_actor: float | None, c
     batches = concurrent_batches if concurrent_batches is not None else (4 if vllm else 1)
     if batches < 1:
         raise ValueError(f"concurrent_batches must be >= 1, got {batches}")
-    return PoolPlan(size=concurrency, num_gpus=gpus, num_cpus=1.0, concurrent_batches=batches)
+    if num_cpus_per_actor <= 0:
+        raise ValueError(f"num_cpus_per_actor must be > 0, got {num_cpus_per_actor}")
+    # Ray sets OMP_NUM_THREADS from num_cpus, so this is also the torch thread count of the actor.
+    return PoolPlan(size=concurrency, num_gpus=gpus, num_cpus=num_cpus_per_actor, concurrent_batches=batches)

@@ -57,15 +57,18 @@ class OutputDir:
     def exists(self) -> bool:
         return self.fs.exists(self.path)
 
-    def parts(self) -> list[str]:
-        if not self.fs.exists(self.path):
+    def _ls_parts(self, path: str) -> list[str]:
+        # Object-store listings are cached by s3fs: always list afresh, workers wrote meanwhile.
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
             return []
-        return sorted(p for p in self.fs.ls(self.path, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+        return sorted(p for p in self.fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+
+    def parts(self) -> list[str]:
+        return self._ls_parts(self.path)
 
     def quarantine_parts(self) -> list[str]:
-        if not self.fs.exists(self.quarantine):
-            return []
-        return sorted(p for p in self.fs.ls(self.quarantine, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
+        return self._ls_parts(self.quarantine)
 
     def read(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
         import pyarrow.dataset as ds

@@ -44,6 +44,7 @@ class SampleConfig:
     engine: str = opt("transformers", "generation backend", choices=ENGINES)
     concurrency: int = opt(1, "engine actors in the pool")
     num_gpus_per_actor: float | None = opt(None, "GPUs per engine actor (default: 1 for vllm, 0 for transformers)")
+    num_cpus_per_actor: float = opt(1.0, "CPUs per engine actor (the transformers engine uses that many threads)")
     concurrent_batches: int | None = opt(None, "batches in flight per actor (default: 4 for vllm, 1 for transformers)")
     batch_size: int = opt(16, "samples per engine call")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
@@ -95,11 +96,15 @@ class SampleConfig:
 
 
 def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset()) -> list[StagePlan]:
-    """The sample pipeline as plain data: validate -> generate (actor pool) -> write."""
+    """The sample pipeline as plain data: validate -> rebatch -> generate (actor pool) -> write.
+
+    Rebatching into blocks of ``batch_size`` samples makes each engine call its own output block,
+    hence its own shard: the unit of resume is one batch, not one input file.
+    """
     from cluster.pools import plan_pool
     from jobs.stages import GenerateStage, validate_stage, write_stage
 
-    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, cfg.concurrent_batches)
+    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, cfg.concurrent_batches, cfg.num_cpus_per_actor)
     return [
         StagePlan(
             "validate",
@@ -115,6 +120,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                 },
             },
         ),
+        StagePlan("rebatch", None, {"target_num_rows_per_block": cfg.batch_size}, op="repartition"),
         StagePlan(
             "generate",
             GenerateStage,
@@ -148,7 +154,7 @@ def execute(stages: list[StagePlan], files: list[str], in_fs, progress) -> None:
 
     ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(in_fs), include_paths=True)
     for st in stages:
-        ds = ds.map_batches(st.fn, **st.kwargs)
+        ds = st.apply(ds)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():
             progress.update(row["samples"], row["rows"], row["parse_failures"])

@@ -23,8 +23,13 @@ class StagePlan:
     """A stage as plain data: what runs, and the ``map_batches`` arguments it runs with."""
 
     name: str
-    fn: Any  # a function (Ray tasks) or a class (a Ray actor pool)
-    kwargs: dict = field(default_factory=dict)  # map_batches keyword arguments
+    fn: Any  # a function (Ray tasks) or a class (a Ray actor pool); None for a pure Dataset op
+    kwargs: dict = field(default_factory=dict)  # keyword arguments of the Dataset method
+    op: str = "map_batches"  # the Dataset method that applies it
+
+    def apply(self, ds):
+        method = getattr(ds, self.op)
+        return method(self.fn, **self.kwargs) if self.fn is not None else method(**self.kwargs)
 
     @property
     def num_gpus(self) -> float:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -34,13 +35,14 @@ import pathlib
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
     "CHAT_TEMPLATE",
     "MANIFEST_NAME",
     "SyntheticExample",
     "build_tiny_model",
+    "iter_synthetic_examples",
     "main",
     "render_default_prompt",
     "render_single_prompt",
@@ -223,6 +225,70 @@ _WORDS = [("cat", "chat"), ("house", "maison"), ("water", "eau"), ("book", "livr
           ("sun", "soleil"), ("bread", "pain"), ("friend", "ami"), ("green", "vert")]
 _BAD_ANSWERS = ["I am not sure.", "I cannot help with that.", "Bananas are yellow.", "No.",
                 "Please ask someone else.", "The weather is nice today."]
+# Common English, so text the tests bring (RewardBench-like data) still tokenizes compactly.
+_COMMON_ENGLISH = """
+the of and to a in is it you that he was for on are with as I his they be at one have this from
+or had by hot word but what some we can out other were all there when up use your how said an
+each she which do their time if will way about many then them write would like so these her long
+make thing see him two has look more day could go come did number sound no most people my over
+know water than call first who may down side been now find any new work part take get place made
+live where after back little only round man year came show every good me give our under name very
+through just form sentence great think say help low line differ turn cause much mean before move
+right boy old too same tell does set three want air well also play small end put home read hand
+port large spell add even land here must big high such follow act why ask men change went light
+kind off need house picture try us again animal point mother world near build self earth father
+head stand own page should country found answer school grow study still learn plant cover food sun
+four between state keep eye never last let thought city tree cross farm hard start might story saw
+far sea draw left late run don't while press close night real life few north open seem together
+next white children begin got walk example ease paper group always music those both mark often
+letter until mile river car feet care second book carry took science eat room friend began idea
+fish mountain stop once base hear horse cut sure watch color face wood main enough plain girl
+usual young ready above ever red list though feel talk bird soon body dog family direct pose leave
+song measure door product black short numeral class wind question happen complete ship area half
+rock order fire south problem piece told knew pass since top whole king space heard best hour better
+true during hundred five remember step early hold west ground interest reach fast verb sing listen
+six table travel less morning ten simple several vowel toward war lay against pattern slow center
+love person money serve appear road map rain rule govern pull cold notice voice unit power town
+fine certain fly fall lead cry dark machine note wait plan figure star box noun field rest correct
+able pound done beauty drive stood contain front teach week final gave green oh quick develop ocean
+warm free minute strong special mind behind clear tail produce fact street inch multiply nothing
+course stay wheel full force blue object decide surface deep moon island foot system busy test
+record boat common gold possible plane stead dry wonder laugh thousand ago ran check game shape
+equate miss brought heat snow tire bring yes distant fill east paint language among grand ball yet
+wave drop heart present heavy dance engine position arm wide sail material size vary settle speak
+weight general ice matter circle pair include divide syllable felt perhaps pick sudden count square
+reason length represent art subject region energy hunt probable bed brother egg ride cell believe
+fraction forest sit race window store summer train sleep prove lone leg exercise wall catch mount
+wish sky board joy winter sat written wild instrument kept glass grass cow job edge sign visit past
+soft fun bright gas weather month million bear finish happy hope flower clothe strange gone jump
+baby eight village meet root buy raise solve metal whether push seven paragraph third shall held
+hair describe cook floor either result burn hill safe cat century consider type law bit coast copy
+phrase silent tall sand soil roll temperature finger industry value fight lie beat excite natural
+view sense ear else quite broke case middle kill son lake moment scale loud spring observe child
+straight consonant nation dictionary milk speed method organ pay age section dress cloud surprise
+quiet stone tiny climb cool design poor lot experiment bottom key iron single stick flat twenty skin
+smile crease hole trade melody trip office receive row mouth exact symbol die least trouble shout
+except wrote seed tone join suggest clean break lady yard rise bad blow oil blood touch grew cent mix
+team wire cost lost brown wear garden equal sent choose fell fit flow fair bank collect save control
+decimal gentle woman captain practice separate difficult doctor please protect noon whose locate ring
+character insect caught period indicate radio spoke atom human history effect electric expect crop
+modern element hit student corner party supply bone rail imagine provide agree thus capital won't
+chair danger fruit rich thick soldier process operate guess necessary sharp wing create neighbor
+wash bat rather crowd corn compare poem string bell depend meat rub tube famous dollar stream fear
+sight thin triangle planet hurry chief colony clock mine tie enter major fresh search send yellow
+gun allow print dead spot desert suit current lift rose continue block chart hat sell success company
+subtract event particular deal swim term opposite wife shoe shoulder spread arrange camp invent
+cotton born determine quart nine truck noise level chance gather shop stretch throw shine property
+column molecule select wrong gray repeat require broad prepare salt nose plural anger claim continent
+oxygen sugar death pretty skill women season solution magnet silver thank branch match suffix
+especially fig afraid huge sister steel discuss forward similar guide experience score apple bought
+led pitch coat mass card band rope slip win dream evening condition feed tool total basic smell
+valley nor double seat arrive master track parent shore division sheet substance favor connect post
+spend chord fat glad original share station dad bread charge proper bar offer segment slave duck
+instant market degree populate chick dear enemy reply drink occur support speech nature range steam
+motion path liquid log meant quotient teeth shell neck function algorithm python code error return
+"""
+
 _CRITERIA = ["Accuracy", "Clarity", "Brevity", "Correctness", "Completeness", "Helpfulness",
              "Relevance", "Style", "Safety", "Creativity"]
 _GOOD_ADJ = ["correct", "clear", "helpful", "accurate", "complete", "precise"]
@@ -240,6 +306,8 @@ class SyntheticExample:
     """The three-line GRM output the model should write."""
     n: int
     """How many responses the prompt holds."""
+    template: str
+    """Which prompt: ``"default"`` (scores 1..10) or ``"single"`` (one response, score 0/1)."""
 
 
 def _query_and_answers(rng: random.Random) -> tuple[str, str, str]:
@@ -310,7 +378,7 @@ def _default_example(rng: random.Random, n: int) -> SyntheticExample:
     boxed = ", ".join(str(s) for s in scores)
     completion = f"{_criteria_line(rng)}\n{analysis}\nScores: \\boxed{{{boxed}}}"
     prompt = render_default_prompt(_context(rng, query), responses, hint=hint)
-    return SyntheticExample(prompt=prompt, completion=completion, n=n)
+    return SyntheticExample(prompt=prompt, completion=completion, n=n, template="default")
 
 
 def _single_example(rng: random.Random) -> SyntheticExample:
@@ -320,19 +388,22 @@ def _single_example(rng: random.Random) -> SyntheticExample:
     adj = rng.choice(_GOOD_ADJ if correct else _BAD_ADJ)
     completion = (f"{_criteria_line(rng)}\nAnalysis: The response is {adj}.\n"
                   f"Scores: \\boxed{{{int(correct)}}}")
-    return SyntheticExample(render_single_prompt(_context(rng, query), response), completion, 1)
+    return SyntheticExample(render_single_prompt(_context(rng, query), response), completion, 1, "single")
+
+
+def iter_synthetic_examples(seed: int) -> Iterator[SyntheticExample]:
+    """An endless deterministic stream: n in 1..4 (mostly 2), ~10% single-response 0/1."""
+    rng = random.Random(seed)
+    while True:
+        if rng.random() < 0.1:
+            yield _single_example(rng)
+        else:
+            yield _default_example(rng, rng.choices((1, 2, 3, 4), weights=(1, 4, 2, 1))[0])
 
 
 def synthetic_examples(count: int, seed: int) -> list[SyntheticExample]:
-    """``count`` deterministic training pairs: n in 1..4 (mostly 2), ~10% single-response 0/1."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        if rng.random() < 0.1:
-            out.append(_single_example(rng))
-        else:
-            out.append(_default_example(rng, rng.choices((1, 2, 3, 4), weights=(1, 4, 2, 1))[0]))
-    return out
+    """The first ``count`` examples of :func:`iter_synthetic_examples`."""
+    return list(itertools.islice(iter_synthetic_examples(seed), count))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,17 +441,61 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
-def _encode_pairs(tokenizer, examples: list[SyntheticExample]) -> list[tuple[list[int], int]]:
-    """(token ids, prompt length) per example; the target is the completion plus <|im_end|>."""
-    out = []
-    for ex in examples:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
-        )
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(ex.completion + EOS_TOKEN, add_special_tokens=False)["input_ids"]
-        out.append((p_ids + c_ids, len(p_ids)))
-    return out
+def _encode(tokenizer, ex: SyntheticExample) -> tuple[list[int], int]:
+    """(token ids, prompt length); the target is the completion plus <|im_end|>."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
+    )
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(ex.completion + EOS_TOKEN, add_special_tokens=False)["input_ids"]
+    return p_ids + c_ids, len(p_ids)
+
+
+def _training_batches(tokenizer, seed: int, batch_size: int) -> Iterator[list[tuple[list[int], int]]]:
+    """Encoded batches, each from one template, so a batch shares its long prompt preamble."""
+    pending: dict[str, list[tuple[list[int], int]]] = {}
+    for ex in iter_synthetic_examples(seed):
+        bucket = pending.setdefault(ex.template, [])
+        bucket.append(_encode(tokenizer, ex))
+        if len(bucket) == batch_size:
+            yield bucket
+            pending[ex.template] = []
+
+
+def _shared_prefix_loss(model, batch: list[tuple[list[int], int]], pad_id: int):
+    """Mean completion-token cross-entropy, computing the batch's common prompt prefix once.
+
+    Every prompt starts with the same ~700-token template preamble; running it once at batch
+    size 1 and repeating its KV cache gives the same loss and gradients as the full batch
+    (checked against it) at about a third of the CPU time.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    first = batch[0][0]
+    shared = min(prompt_len for _, prompt_len in batch) - 1  # the suffix starts with a prompt token
+    for ids, _ in batch[1:]:
+        shared = next((i for i in range(shared) if ids[i] != first[i]), shared)
+    suffix_len = max(len(ids) for ids, _ in batch) - shared
+    input_ids = torch.full((len(batch), suffix_len), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), suffix_len), -100, dtype=torch.long)
+    for row, (ids, prompt_len) in enumerate(batch):  # right padding; loss on completion only
+        input_ids[row, : len(ids) - shared] = torch.tensor(ids[shared:])
+        labels[row, prompt_len - shared : len(ids) - shared] = torch.tensor(ids[prompt_len:])
+    cache = None
+    if shared > 0:
+        prefix = model(input_ids=torch.tensor([first[:shared]]), use_cache=True, logits_to_keep=1)
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(len(batch))
+    positions = torch.arange(shared, shared + suffix_len).unsqueeze(0).expand(len(batch), -1)
+    # Right padding under a causal mask cannot reach the real tokens, so no attention mask is
+    # passed (a padding mask pushes SDPA off its fast path, ~3x slower on CPU).
+    logits = model(
+        input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=False
+    ).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def build_tiny_model(
@@ -418,7 +533,7 @@ def build_tiny_model(
     # Tokenizer corpus: template text (repeated so its phrases merge into few tokens) plus
     # synthetic prompts and outputs drawn from a stream separate from the training stream.
     corpus_examples = synthetic_examples(400, seed=seed + 1_000_003)
-    corpus = _template_corpus() * 20
+    corpus = _template_corpus() * 20 + [_COMMON_ENGLISH] * 3
     corpus += [ex.prompt for ex in corpus_examples[:40]]
     corpus += [ex.completion for ex in corpus_examples]
     tokenizer = _train_tokenizer(corpus, vocab_size)
@@ -445,9 +560,11 @@ def build_tiny_model(
     final_loss = None
     losses: list[float] = []
     if train_steps > 0:
-        examples = synthetic_examples(train_steps * batch_size, seed=seed)
-        encoded = _encode_pairs(tokenizer, examples)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+        batches = _training_batches(tokenizer, seed, batch_size)
+        # foreach: one fused pass per step; the per-tensor loop is ~10x slower on a busy 2-core box.
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=learning_rate, weight_decay=0.0, foreach=True
+        )
         warmup = max(1, train_steps // 10)
 
         def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
@@ -458,17 +575,8 @@ def build_tiny_model(
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
         model.train()
-        for step in range(train_steps):
-            batch = encoded[step * batch_size : (step + 1) * batch_size]
-            length = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(batch), length), -100, dtype=torch.long)
-            for row, (ids, prompt_len) in enumerate(batch):  # loss on completion tokens only
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-            # Right padding under a causal mask cannot affect the real tokens, so no attention
-            # mask is passed: that keeps SDPA on its fast is_causal path (about 3x faster on CPU).
-            loss = model(input_ids=input_ids, labels=labels).loss
+        for step, batch in zip(range(train_steps), batches):
+            loss = _shared_prefix_loss(model, batch, tokenizer.pad_token_id)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

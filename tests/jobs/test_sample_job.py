@@ -1,0 +1,170 @@
+"""The sample and label jobs on a real local Ray with a real tiny model: artefacts, counts, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, make_rows, write_samples
+from schemas import arrow
+from schemas import columns as c
+
+K = 3
+FAST = {"max_tokens": 48, "batch_size": 4, "temperature": 1.0}
+
+
+def read_dir(d: Path) -> pa.Table:
+    parts = sorted(d.glob("part-*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
+
+
+def bad_rows() -> list[dict]:
+    return [
+        {"id": "bad-empty", "context": [{"role": "user", "content": "q"}], "responses": [], "labels": []},
+        {"id": "bad-labels", "context": [{"role": "user", "content": "q"}], "responses": ["a", "b"], "labels": [1.0]},
+        {"id": "bad-tie", "context": [{"role": "user", "content": "q"}], "responses": ["a", "b"], "labels": [1.0, 1.0]},
+        {"id": "bad-null", "context": [{"role": "user", "content": "q"}], "responses": ["a", None], "labels": [1.0, 0.0]},
+    ]
+
+
+@pytest.fixture
+def samples(tmp_path) -> Path:
+    return write_samples(tmp_path / "in" / "samples.parquet", make_rows(10) + bad_rows())
+
+
+def test_sample_job_artefacts_counts_and_manifest(ray_local, tiny_model, samples, tmp_path):
+    from jobs.sample import SampleConfig, run
+
+    out = tmp_path / "traj"
+    manifest = run(SampleConfig(input=str(samples), output=str(out), model=tiny_model, k=K, seed=1, **FAST))
+    t = read_dir(out)
+    assert t.schema.equals(arrow.TRAJECTORY)
+    assert t.num_rows == 10 * K
+    keys = set(zip(t[c.ID].to_pylist(), t[c.SAMPLE_INDEX].to_pylist(), t[c.HINTED].to_pylist()))
+    assert len(keys) == t.num_rows  # every key exactly once
+    assert {i for i, _, _ in keys} == {f"s{i:04d}" for i in range(10)}
+    for row in t.to_pylist():
+        assert sorted(row[c.PERMUTATION]) == list(range(row[c.N_RESPONSES]))
+        assert (row[c.SCORES] is None) == (row[c.PARSE_ERROR] is not None)
+        assert row[c.PARSE_ERROR] in (None, *arrow.PARSE_ERRORS)
+        assert row[c.CORRECT] is not None  # all valid samples are labelled
+        if row[c.SCORES] is None:
+            assert row[c.CORRECT] is False
+        assert row[c.PROMPT_TOKENS] > 100 and 0 < row[c.COMPLETION_TOKENS] <= FAST["max_tokens"] + 1
+    q = read_dir(out / "_quarantine")
+    assert q.schema.equals(arrow.QUARANTINE)
+    assert dict(zip(q[c.ID].to_pylist(), q[c.REASON].to_pylist())) == {
+        "bad-empty": "no_responses", "bad-labels": "label_count_mismatch", "bad-tie": "labels_no_unique_max", "bad-null": "null_text",
+    }
+    assert all(r.endswith("samples.parquet") for r in q[c.SOURCE_PATH].to_pylist())
+    assert json.loads(q[c.RAW][0].as_py())["id"].startswith("bad-")
+    counts = manifest["counts"]
+    assert counts["rows_in"] == 14 and counts["samples_out"] == 10 and counts["quarantined"] == 4 and counts["reconciled"]
+    assert counts["trajectories"] == 10 * K
+    assert counts["parse_failures"] == sum(1 for e in t[c.PARSE_ERROR].to_pylist() if e)
+    assert counts["correct"] == sum(1 for x in t[c.CORRECT].to_pylist() if x)
+    on_disk = json.loads((out / "_manifest.json").read_text())
+    assert on_disk["counts"] == counts and on_disk["config"]["k"] == K and "ray" in on_disk["versions"]
+
+    # Same settings again: nothing left to do, output unchanged (resume of a finished run).
+    before = sorted(p.name for p in out.glob("part-*.parquet"))
+    again = run(SampleConfig(input=str(samples), output=str(out), model=tiny_model, k=K, seed=1, **FAST))
+    assert again["this_run"]["samples"] == 0 and again["this_run"]["resumed_from"] == 14
+    assert sorted(p.name for p in out.glob("part-*.parquet")) == before
+
+    # Deterministic: a fresh run with the same seed writes the same trajectories.
+    out2 = tmp_path / "traj2"
+    run(SampleConfig(input=str(samples), output=str(out2), model=tiny_model, k=K, seed=1, **{**FAST, "batch_size": 3}))
+    a = read_dir(out).sort_by([(c.ID, "ascending"), (c.SAMPLE_INDEX, "ascending")])
+    b = read_dir(out2).sort_by([(c.ID, "ascending"), (c.SAMPLE_INDEX, "ascending")])
+    assert a[c.TEXT].to_pylist() == b[c.TEXT].to_pylist()
+
+
+def test_other_settings_on_same_output_are_refused(ray_local, tiny_model, samples, tmp_path):
+    from jobs.sample import SampleConfig, run
+    from schemas.errors import TribunalError
+
+    out = tmp_path / "traj"
+    run(SampleConfig(input=str(samples), output=str(out), model=tiny_model, k=1, **FAST))
+    with pytest.raises(TribunalError, match="holds a run with k=1"):
+        run(SampleConfig(input=str(samples), output=str(out), model=tiny_model, k=2, **FAST))
+
+
+def test_label_job_votes(ray_local, tiny_model, samples, tmp_path):
+    from jobs.label import LabelConfig, run
+
+    result = run(LabelConfig(input=str(samples), output=str(tmp_path / "out"), model=tiny_model, k=K, tie="half", **FAST))
+    votes = read_dir(tmp_path / "out" / "votes")
+    assert votes.schema.equals(arrow.VOTE) and votes.num_rows == 10
+    assert set(votes[c.K].to_pylist()) == {K}
+    traj = read_dir(tmp_path / "out" / "trajectories")
+    valid = sum(1 for s in traj[c.SCORES].to_pylist() if s is not None)
+    assert sum(votes[c.VALID].to_pylist()) == valid
+    assert result["vote"]["counts"]["parse_failure_rate"] == pytest.approx(1 - valid / (10 * K))
+    assert all(cr in (0.0, 0.5, 1.0) for cr in votes[c.CREDIT].to_pylist())
+
+
+def test_s3_round_trip(ray_local, tiny_model, s3_server, tmp_path):
+    import s3fs
+
+    from jobs.label import LabelConfig, run
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, key="testing", secret="testing")
+    fs.mkdir("tribunal-test")
+    local = write_samples(tmp_path / "samples.parquet", make_rows(4) + bad_rows()[:1])
+    fs.put(str(local), "tribunal-test/in/samples.parquet")
+    run(LabelConfig(input="s3://tribunal-test/in/", output="s3://tribunal-test/out", model=tiny_model, k=2, **FAST))
+    fs.invalidate_cache()
+    parts = fs.glob("tribunal-test/out/trajectories/part-*.parquet")
+    assert parts
+    t = pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in parts])
+    assert t.schema.equals(arrow.TRAJECTORY) and t.num_rows == 8
+    assert fs.glob("tribunal-test/out/trajectories/_quarantine/part-*.parquet")
+    manifest = json.loads(fs.cat("tribunal-test/out/trajectories/_manifest.json"))
+    assert manifest["counts"]["reconciled"] and manifest["output"] == "s3://tribunal-test/out/trajectories"
+    votes = pq.read_table(fs.open(fs.glob("tribunal-test/out/votes/part-*.parquet")[0], "rb"))
+    assert votes.num_rows == 4
+
+
+@pytest.mark.slow
+def test_sigkill_resume(tiny_model, tmp_path):
+    """Kill the driver with SIGKILL mid-run; the same command completes the output exactly once."""
+    n = 24
+    samples = write_samples(tmp_path / "samples.parquet", make_rows(n))
+    out = tmp_path / "traj"
+    cmd = [sys.executable, "-m", "jobs.sample", "--input", str(samples), "--output", str(out), "--model", tiny_model,
+           "--k", "2", "--batch-size", "2", "--max-tokens", "48"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # the driver, without warning
+    proc.wait()
+    os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it had started
+    survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    done_before = len({i for p in out.glob("part-*.parquet") for i in pq.read_table(p)[c.ID].to_pylist()})
+    assert 0 < done_before < n
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    t = read_dir(out)
+    keys = list(zip(t[c.ID].to_pylist(), t[c.SAMPLE_INDEX].to_pylist(), t[c.HINTED].to_pylist()))
+    assert len(keys) == len(set(keys)) == 2 * n
+    for name, mtime in survivors.items():  # work finished before the kill was kept, not redone
+        assert (out / name).stat().st_mtime_ns == mtime
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["this_run"]["resumed_from"] == done_before
+    assert manifest["this_run"]["samples"] == n - done_before
+    assert manifest["counts"]["reconciled"]
+    assert not list(out.rglob(".tmp-*"))
