@@ -1,0 +1,121 @@
+"""The CLI: one-line errors, import hygiene, config files, and stage plans without engines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, make_rows, write_samples
+
+HEAVY = ("torch", "vllm", "transformers", "deepspeed")
+
+
+def tribunal(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "module", ["jobs.cli", "jobs.sample", "jobs.vote", "jobs.label", "jobs.protocol", "jobs.grm_math", "jobs.stages",
+               "jobs.trajectories", "jobs.engines", "schemas.validate", "schemas.arrow", "cluster.storage", "cluster.pools"]
+)
+def test_light_paths_import_no_heavy_modules(module):
+    code = f"import sys, {module}; from jobs.cli import build_parser; build_parser(); print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_schemas_import_neither_ray_nor_polars():
+    code = "import sys, schemas.arrow, schemas.validate, schemas.columns; print([m for m in ('ray', 'polars', 'torch') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_lists_jobs():
+    r = tribunal("--help")
+    assert r.returncode == 0
+    for cmd in ("label", "sample", "vote", "build-tiny-model"):
+        assert cmd in r.stdout
+    r = tribunal("sample", "--help")
+    assert "--num-gpus-per-actor" in r.stdout and "--max-tokens" in r.stdout
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr  # one line, no traceback
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_wrong_input_path(tmp_path, tiny_model):
+    line = one_error_line(tribunal("sample", "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "o"), "--model", tiny_model))
+    assert "input not found" in line and "nope.parquet" in line
+
+
+def test_missing_column_names_file_and_column(tmp_path, tiny_model):
+    pq.write_table(pa.table({"prompt": ["q"], "answers": [["a"]]}), tmp_path / "bad.parquet")
+    line = one_error_line(tribunal("sample", "--input", str(tmp_path / "bad.parquet"), "--output", str(tmp_path / "o"), "--model", tiny_model))
+    assert "bad.parquet" in line and "'responses'" in line
+
+
+def test_wrong_column_type(tmp_path, tiny_model):
+    pq.write_table(pa.table({"prompt": ["q"], "responses": [["a"]], "labels": ["x"]}), tmp_path / "bad.parquet")
+    line = one_error_line(tribunal("sample", "--input", str(tmp_path / "bad.parquet"), "--output", str(tmp_path / "o"), "--model", tiny_model))
+    assert "bad.parquet" in line and "'labels'" in line
+
+
+def test_model_dir_that_is_not_a_model(tmp_path):
+    samples = write_samples(tmp_path / "s.parquet", make_rows(2))
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(tribunal("sample", "--input", str(samples), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "empty")))
+    assert "not a model directory" in line and "empty" in line
+
+
+def test_bad_config_value_names_key(tmp_path):
+    line = one_error_line(tribunal("sample", "--input", "x", "--output", "y", "--model", "z", "--k", "0"))
+    assert "'k'" in line
+    (tmp_path / "c.yaml").write_text("k: 2\nbogus: 1\n")
+    line = one_error_line(tribunal("vote", "--config", str(tmp_path / "c.yaml")))
+    assert "c.yaml" in line and "bogus" in line
+
+
+def test_not_parquet_input(tmp_path, tiny_model):
+    (tmp_path / "x.parquet").write_text("not parquet")
+    line = one_error_line(tribunal("sample", "--input", str(tmp_path / "x.parquet"), "--output", str(tmp_path / "o"), "--model", tiny_model))
+    assert "x.parquet" in line and "not a readable Parquet file" in line
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads(path):
+    from jobs.config import load_config
+    from jobs.label import LabelConfig
+
+    cfg = load_config(LabelConfig, None, str(path))
+    assert cfg.k >= 1 and cfg.model
+
+
+def test_stage_plan_for_a_gpu_cluster_without_an_engine():
+    """Plan apart from execution: GPU counts and pool sizes are checked without starting vLLM."""
+    from jobs.config import load_config
+    from jobs.label import LabelConfig
+    from jobs.outputs import OutputDir
+    from jobs.sample import build_stages
+
+    cfg = load_config(LabelConfig, None, str(ROOT / "configs" / "label_vllm_cluster.yaml"), output="/tmp/tribunal-plan-test")
+    stages = build_stages(cfg.sample_config(), OutputDir("/tmp/tribunal-plan-test/trajectories"), pa.array([], pa.string()))
+    by_name = {s.name: s for s in stages}
+    assert [s.name for s in stages] == ["validate", "rebatch", "generate", "write"]
+    gen = by_name["generate"]
+    assert gen.num_gpus == 1.0
+    compute = gen.kwargs["compute"]
+    assert (compute.min_size, compute.max_size) == (8, 8)
+    assert compute.max_concurrent_calls_per_actor == 4 and compute.enable_true_multi_threading
+    assert gen.kwargs["batch_size"] == 64
+    assert gen.kwargs["fn_constructor_kwargs"]["engine_cfg"].kind == "vllm"
+    assert by_name["validate"].num_gpus == 0 and by_name["write"].num_gpus == 0
+    assert by_name["rebatch"].kwargs == {"target_num_rows_per_block": 64}
