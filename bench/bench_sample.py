@@ -49,12 +49,30 @@ def make_rows(count: int, n: int = 2, labelled: bool = True, prefix: str = "s") 
     return rows
 
 
-def run_job(cfg) -> tuple[dict, float]:
+def run_job(cfg) -> tuple[dict, float, float]:
+    """(manifest, wall-clock seconds, epoch time at the start: the manifest's marks count from about then)."""
     from jobs.sample import run
 
+    epoch0 = time.time()
     t0 = time.perf_counter()
     manifest = run(cfg, stream=sys.stderr)
-    return manifest, time.perf_counter() - t0
+    return manifest, time.perf_counter() - t0, epoch0
+
+
+def shard_times(out_dir: str, epoch0: float) -> list[tuple[float, int]]:
+    """(seconds since the job started, rows) of every shard, by the time it was written.
+
+    The write stage writes one shard per engine batch as soon as it is generated, so the gaps
+    between shard mtimes are the job's steady-state pace, free of the actor's start-up.
+    """
+    from schemas import columns as c
+
+    out = []
+    for f in Path(out_dir).glob("part-*.parquet"):
+        meta = pq.ParquetFile(f).metadata
+        rows = pq.read_table(f, columns=[c.HINTED])[c.HINTED].to_pylist().count(False)
+        out.append((f.stat().st_mtime - epoch0, rows if meta.num_rows else 0))
+    return sorted(out)
 
 
 def job_texts(out_dir: str) -> dict:
@@ -146,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     def job_phase():
         import ray
 
-        manifest, wall = run_job(cfg)
+        manifest, wall, epoch0 = run_job(cfg)
         ray.shutdown()  # the bare engine must not share the cores with an idle Ray
-        return manifest, wall
+        return manifest, wall, epoch0
 
     if a.raw_first:
         raw = run_raw(cfg, rows, threads)
-        manifest, job_wall = job_phase()
+        manifest, job_wall, epoch0 = job_phase()
     else:
-        manifest, job_wall = job_phase()
+        manifest, job_wall, epoch0 = job_phase()
         raw = run_raw(cfg, rows, threads)
 
     traj = manifest["counts"]["trajectories"]
@@ -164,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     raw_tps = raw["trajectories"] / raw["generate_s"]
     raw_tps_load = raw["trajectories"] / (raw["generate_s"] + raw["load_s"] + raw["build_s"])
     e2e_tps = traj / job_wall
+    shards = shard_times(cfg.output, epoch0)
+    # Steady state: the rows of shards 2..N over the time from the first shard to the last.
+    steady_tps = sum(r for _, r in shards[1:]) / (shards[-1][0] - shards[0][0]) if len(shards) >= 2 and shards[-1][0] > shards[0][0] else None
+    first_shard_s = shards[0][0] - marks["prepared"] if shards else None
     jt = job_texts(cfg.output)
     same_text = sum(1 for key, (txt, _) in raw["texts"].items() if jt.get(key, (None,))[0] == txt)
     tokens_match = manifest["counts"]["completion_tokens"] == raw["completion_tokens"]
@@ -180,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         ("whole wall-clock, s", f"{job_wall:.2f}", f"{raw['load_s'] + raw['build_s'] + raw['generate_s']:.2f}"),
         ("traj/s, generation phase", f"{job_tps:.2f}", f"{raw_tps:.2f}"),
         ("traj/s, incl. start-up", f"{e2e_tps:.2f}", f"{raw_tps_load:.2f}"),
+        ("traj/s, steady state (shard 2..N)", f"{steady_tps:.2f}" if steady_tps else "n/a (1 shard)", f"{raw_tps:.2f}"),
+        ("first shard after 'prepared', s", f"{first_shard_s:.2f}" if first_shard_s is not None else "n/a", ""),
         ("completion tokens", f"{manifest['counts']['completion_tokens']}", f"{raw['completion_tokens']}"),
     ]
     w = max(len(r[0]) for r in table)
@@ -191,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         "job_over_raw_generation_incl_load": job_tps / raw_tps_load,
         "job_end_to_end_over_raw": e2e_tps / raw_tps,
         "job_end_to_end_over_raw_incl_load": e2e_tps / raw_tps_load,
+        "job_steady_state_over_raw": steady_tps / raw_tps if steady_tps else None,
     }
     print()
     print(f"ratio job/raw, generation phase           {ratios['job_over_raw_generation']:.3f}   (goal >= 0.9; job phase includes actor start + model load)")
     print(f"ratio job/raw, generation phase vs raw+load {ratios['job_over_raw_generation_incl_load']:.3f}")
     print(f"ratio job/raw, end to end (incl. Ray start) {ratios['job_end_to_end_over_raw']:.3f}")
     print(f"ratio job/raw, end to end vs raw+load      {ratios['job_end_to_end_over_raw_incl_load']:.3f}")
+    if steady_tps:
+        print(f"ratio job/raw, steady state (shards 2..N) {ratios['job_steady_state_over_raw']:.3f}   ({len(shards)} shards)")
+    print(f"job fixed overhead in the generation phase ~ {job_gen_s - traj / raw_tps:.2f} s (phase time minus bare generate time)")
     print(f"completion tokens match: {'yes' if tokens_match else 'NO'}; identical texts: {same_text}/{len(raw['texts'])}")
     print(f"job timings (s since start): {marks}")
     if a.json:
@@ -205,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": a.max_tokens, "batch_size": a.batch_size, "num_cpus_per_actor": a.num_cpus_per_actor,
             "raw_torch_threads": raw["torch_threads"], "cores": os.cpu_count(), "trajectories": traj,
             "job": {"generation_s": job_gen_s, "wall_s": job_wall, "traj_per_s": job_tps, "traj_per_s_end_to_end": e2e_tps,
-                    "timings_s": marks, "completion_tokens": manifest["counts"]["completion_tokens"]},
+                    "timings_s": marks, "traj_per_s_steady_state": steady_tps,
+                    "shards_s_rows": shards, "completion_tokens": manifest["counts"]["completion_tokens"]},
             "raw": {k: v for k, v in raw.items() if k != "texts"} | {"traj_per_s": raw_tps, "traj_per_s_incl_load": raw_tps_load},
             "ratios": ratios, "completion_tokens_match": tokens_match, "identical_texts": same_text,
         }

@@ -102,8 +102,10 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
     hence its own shard: the unit of resume is one batch, not one input file.
     """
     from cluster.pools import plan_pool
+    from jobs.protocol import load_template
     from jobs.stages import GenerateStage, validate_stage, write_stage
 
+    template = load_template(cfg.template)
     pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, cfg.concurrent_batches, cfg.num_cpus_per_actor)
     return [
         StagePlan(
@@ -113,6 +115,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                 "batch_format": "pyarrow",
                 "fn_kwargs": {
                     "need_unique_max": True,
+                    "n_range": (template.min_responses, template.max_responses),
                     "done_ids": done_ids,
                     "duplicate_ids": duplicate_ids,
                     "quarantine_dir": out.quarantine,

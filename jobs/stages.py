@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +48,39 @@ def shard_name(ids: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- validate
+def split_unsupported_n(valid: pa.Table, n_range: tuple[int, int | None]) -> tuple[pa.Table, pa.Table]:
+    """Move samples whose response count the template cannot take into quarantine rows."""
+    import pyarrow.compute as pc
+
+    lo, hi = n_range
+    n = pc.list_value_length(valid[c.RESPONSES])
+    ok = pc.greater_equal(n, lo) if hi is None else pc.and_(pc.greater_equal(n, lo), pc.less_equal(n, hi))
+    bad = valid.filter(pc.invert(ok))
+    want = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+    rows = [
+        {
+            c.ID: r[c.ID],
+            c.REASON: "unsupported_n",
+            c.DETAIL: f"{len(r[c.RESPONSES])} responses; the template takes {want}",
+            c.SOURCE_PATH: None,
+            c.RAW: json.dumps(r, ensure_ascii=False),
+        }
+        for r in bad.to_pylist()
+    ]
+    return valid.filter(ok), pa.Table.from_pylist(rows, schema=arrow.QUARANTINE)
+
+
 def validate_stage(
-    batch: pa.Table, *, need_unique_max: bool, done_ids: pa.Array, duplicate_ids: frozenset, quarantine_dir: str, fs
+    batch: pa.Table,
+    *,
+    need_unique_max: bool,
+    n_range: tuple[int, int | None],
+    done_ids: pa.Array,
+    duplicate_ids: frozenset,
+    quarantine_dir: str,
+    fs,
 ) -> pa.Table:
-    """Raw input rows -> canonical samples (``arrow.SAMPLE``).
+    """Raw input rows -> canonical samples (``arrow.SAMPLE``) the template can take.
 
     Invalid rows are written to ``quarantine_dir`` with their reason; rows whose id is already in
     the output (``done_ids``, a resumed run) are dropped here, before any engine work.
@@ -65,6 +93,9 @@ def validate_stage(
     valid, quarantined = normalize(
         batch, need_unique_max=need_unique_max, source_column=c.SOURCE_PATH, duplicate_ids=duplicate_ids
     )
+    valid, wrong_n = split_unsupported_n(valid, n_range)
+    if len(wrong_n):
+        quarantined = pa.concat_tables([quarantined, wrong_n])
     if len(done_ids):
         valid = valid.filter(pc.invert(pc.is_in(valid[c.ID], value_set=done_ids)))
         keep = pc.or_(pc.is_null(quarantined[c.ID]), pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))
@@ -120,7 +151,7 @@ class GenerateStage:
 
         require(batch, "GenerateStage", (c.ID, c.CONTEXT, c.RESPONSES, c.LABELS))
         samples = batch.to_pylist()
-        for s in samples:
+        for s in samples:  # the validate stage quarantines these; reaching here is a wiring bug
             problem = self.template.check_n(len(s[c.RESPONSES]))
             if problem:
                 raise ValueError(f"GenerateStage: sample {s[c.ID]}: {problem}")
@@ -186,7 +217,3 @@ def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema) -> pa.T
         "completion_tokens": count(c.COMPLETION_TOKENS, pc.sum),
     }
     return pa.Table.from_pylist([stats], schema=STATS)
-
-
-def counter_json(values) -> str:
-    return json.dumps(dict(sorted(Counter(v for v in values if v is not None).items())))

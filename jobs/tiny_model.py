@@ -509,7 +509,7 @@ def build_tiny_model(
     intermediate_size: int | None = None,
     vocab_size: int = 3000,
     batch_size: int = 4,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 6e-3,
     max_position_embeddings: int = 4096,
     log_every: int = 50,
     log: Callable[[str], None] | None = print,

@@ -76,5 +76,6 @@ QUARANTINE_REASONS = (
     "label_count_mismatch",  # labels given but not one per response
     "bad_label",  # a null or non-finite label
     "labels_no_unique_max",  # n >= 2 and correctness needed, but the top label is shared
-    "duplicate_id",  # the same id appears twice in one batch
+    "duplicate_id",  # the same id appears more than once in the input
+    "unsupported_n",  # the prompt template does not take this many responses (e.g. pairwise, n != 2)
 )

@@ -168,3 +168,16 @@ def test_sigkill_resume(tiny_model, tmp_path):
     assert manifest["this_run"]["samples"] == n - done_before
     assert manifest["counts"]["reconciled"]
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_template_that_cannot_take_n_quarantines_the_sample(ray_local, tiny_model, tmp_path):
+    from jobs.sample import SampleConfig, run
+
+    rows = make_rows(2) + make_rows(1, n=3, prefix="three")
+    samples = write_samples(tmp_path / "s.parquet", rows)
+    out = tmp_path / "o"
+    manifest = run(SampleConfig(input=str(samples), output=str(out), model=tiny_model, k=1, template="rm_r1_pairwise", **FAST))
+    assert manifest["counts"]["quarantine_reasons"] == {"unsupported_n": 1}
+    assert manifest["counts"]["samples_out"] == 2 and manifest["counts"]["reconciled"]
+    q = read_dir(out / "_quarantine")
+    assert q[c.ID].to_pylist() == ["three0000"] and "3 responses" in q[c.DETAIL][0].as_py()
