@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", help="where inputs/outputs go (default: a temp dir, removed)")
     p.add_argument("--json", help="write the figures to this JSON file")
     a = p.parse_args(argv)
+    load0 = os.getloadavg()
 
     from jobs.sample import SampleConfig
 
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio job/raw, steady state (shards 2..N) {ratios['job_steady_state_over_raw']:.3f}   ({len(shards)} shards)")
     print(f"job fixed overhead in the generation phase ~ {job_gen_s - traj / raw_tps:.2f} s (phase time minus bare generate time)")
     print(f"completion tokens match: {'yes' if tokens_match else 'NO'}; identical texts: {same_text}/{len(raw['texts'])}")
+    print(f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (1 min; other work on the cores skews these figures)")
     print(f"job timings (s since start): {marks}")
     if a.json:
         out = {
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     "timings_s": marks, "traj_per_s_steady_state": steady_tps,
                     "shards_s_rows": shards, "completion_tokens": manifest["counts"]["completion_tokens"]},
             "raw": {k: v for k, v in raw.items() if k != "texts"} | {"traj_per_s": raw_tps, "traj_per_s_incl_load": raw_tps_load},
-            "ratios": ratios, "completion_tokens_match": tokens_match, "identical_texts": same_text,
+            "ratios": ratios, "loadavg_start_end": [load0[0], os.getloadavg()[0]], "completion_tokens_match": tokens_match, "identical_texts": same_text,
         }
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)

@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(r, f)
         return 0
 
+    load0 = os.getloadavg()
     tmp = tempfile.TemporaryDirectory(prefix="bench_vote_") if not a.workdir else None
     work = Path(a.workdir or tmp.name)
     t0 = time.perf_counter()
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"counts and accuracy of job and baseline on the common subset agree: {'yes' if agree else 'NO'}")
     if not agree:
         print(f"  job:      {ours['counts']}\n  baseline: {base['counts']}")
+    print(f"load average at start {load0[0]:.2f}, at end {os.getloadavg()[0]:.2f} (1 min; other work on the cores skews these figures)")
     print("(seconds: the job's run() / the baseline's read+group+vote loop, inside each child; process start and imports excluded)")
     if a.json:
         with open(a.json, "w") as f:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "shard_rows": a.shard_rows, "chunk_rows": a.chunk_rows, "tie": a.tie, "cores": os.cpu_count(),
                 "generate_s": gen_s, "data_mib": size / 2**20,
                 "job_full": full, "job_subset": ours, "baseline_subset": base,
-                "ratio_same_data": ratio_same, "ratio_full_vs_baseline": ratio_full, "agree": agree,
+                "ratio_same_data": ratio_same, "loadavg_start_end": [load0[0], os.getloadavg()[0]], "ratio_full_vs_baseline": ratio_full, "agree": agree,
             }, f, indent=2)
     if tmp:
         tmp.cleanup()

@@ -391,6 +391,9 @@ def _single_example(rng: random.Random) -> SyntheticExample:
     return SyntheticExample(render_single_prompt(_context(rng, query), response), completion, 1, "single")
 
 
+_N_WEIGHTS = (1, 4, 2, 1)  # how often a default-template example has n = 1, 2, 3, 4 responses
+
+
 def iter_synthetic_examples(seed: int) -> Iterator[SyntheticExample]:
     """An endless deterministic stream: n in 1..4 (mostly 2), ~10% single-response 0/1."""
     rng = random.Random(seed)
@@ -398,7 +401,7 @@ def iter_synthetic_examples(seed: int) -> Iterator[SyntheticExample]:
         if rng.random() < 0.1:
             yield _single_example(rng)
         else:
-            yield _default_example(rng, rng.choices((1, 2, 3, 4), weights=(1, 4, 2, 1))[0])
+            yield _default_example(rng, rng.choices((1, 2, 3, 4), weights=_N_WEIGHTS)[0])
 
 
 def synthetic_examples(count: int, seed: int) -> list[SyntheticExample]:

@@ -90,6 +90,8 @@ def trajectory_row(
         c.CRITIQUE: parsed.critique,
         c.LABELS: labels,
         c.CORRECT: correct,
+        c.CONTEXT: sample[c.CONTEXT],
+        c.RESPONSES: sample[c.RESPONSES],
         c.FINISH_REASON: gen.finish_reason,
         c.PROMPT_TOKENS: prompt_tokens,
         c.COMPLETION_TOKENS: gen.completion_tokens,

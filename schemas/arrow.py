@@ -32,6 +32,11 @@ TRAJECTORY = pa.schema(
         pa.field(c.CRITIQUE, pa.string()),
         pa.field(c.LABELS, pa.list_(pa.float64())),
         pa.field(c.CORRECT, pa.bool_()),
+        # The judged sample itself (original order), so every shard is self-contained: reducers
+        # rebuild the exact prompt from it without the input. k copies compress to one in
+        # Parquet's dictionary pages.
+        pa.field(c.CONTEXT, pa.list_(MESSAGE), nullable=False),
+        pa.field(c.RESPONSES, pa.list_(pa.string()), nullable=False),
         pa.field(c.FINISH_REASON, pa.string()),
         pa.field(c.PROMPT_TOKENS, pa.int32()),
         pa.field(c.COMPLETION_TOKENS, pa.int32()),

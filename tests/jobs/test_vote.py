@@ -29,10 +29,12 @@ def synthetic_trajectories(samples: int, k: int, seed: int = 0, fail_rate: float
                 c.PERMUTATION: list(range(n)), c.TEXT: "t",
                 c.SCORES: [rng.randint(1, 3) for _ in range(n)] if ok else None,
                 c.PARSE_ERROR: None if ok else "no_scores", c.LABELS: labels,
+                c.CONTEXT: [{"role": "user", "content": f"q{s}"}], c.RESPONSES: [f"r{i}" for i in range(n)],
             })
         if rng.random() < 0.3:  # hinted rows never vote
             rows.append({c.ID: f"s{s:05d}", c.SAMPLE_INDEX: 0, c.HINTED: True, c.N_RESPONSES: n,
-                         c.PERMUTATION: list(range(n)), c.TEXT: "h", c.SCORES: [10] * n, c.LABELS: labels})
+                         c.PERMUTATION: list(range(n)), c.TEXT: "h", c.SCORES: [10] * n, c.LABELS: labels,
+                         c.CONTEXT: [{"role": "user", "content": f"q{s}"}], c.RESPONSES: [f"r{i}" for i in range(n)]})
     return rows
 
 
