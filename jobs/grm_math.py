@@ -174,3 +174,46 @@ def roc_auc(scores: Sequence[float], positives: Sequence[bool]) -> float:
         rank_sum += avg_rank * sum(1 for t in pairs[i : j + 1] if t[1])
         i = j + 1
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+HINT_MODES = ("auto", "always", "never")
+
+
+def hint_wanted(mode: str, nonhinted_correct: Sequence[bool]) -> bool:
+    """SPEC section 4: does a sample get (and may it keep) a hinted trajectory?
+
+    ``auto``: only samples none of whose non-hinted trajectories is correct; ``always``; ``never``.
+    """
+    if mode not in HINT_MODES:
+        raise ValueError(f"hint mode must be one of {HINT_MODES}, got {mode!r}")
+    if mode == "never":
+        return False
+    return mode == "always" or not any(nonhinted_correct)
+
+
+def rft_verdicts(
+    hinted: Sequence[bool], correct: Sequence[bool], parse_errors: Sequence[str | None], mode: str
+) -> tuple[str, list[str]]:
+    """Rejective sampling for one sample's trajectories (SPEC section 4).
+
+    Returns the sample's outcome (``accepted``, ``too_easy`` or ``no_correct``) and one verdict
+    per trajectory: ``accepted``, or the rejection reason: ``too_easy`` (every non-hinted
+    trajectory was correct: the sample teaches nothing), ``hint_unused`` (a hinted trajectory the
+    mode does not keep), the parse-failure reason, or ``incorrect``.
+    """
+    nonhinted = [bool(ok) for h, ok in zip(hinted, correct) if not h]
+    too_easy = bool(nonhinted) and all(nonhinted)
+    use_hint = hint_wanted(mode, nonhinted)
+    verdicts = []
+    for h, ok, err in zip(hinted, correct, parse_errors):
+        if too_easy:
+            verdicts.append("too_easy")
+        elif h and not use_hint:
+            verdicts.append("hint_unused")
+        elif ok:
+            verdicts.append("accepted")
+        else:
+            verdicts.append(err or "incorrect")
+    if too_easy:
+        return "too_easy", verdicts
+    return ("accepted" if "accepted" in verdicts else "no_correct"), verdicts

@@ -296,6 +296,30 @@ def build_messages(
     return [{"role": "user", "content": content}]
 
 
+METARM_PREAMBLE = "Please score the responses."
+
+
+def render_metarm_prompt(context: list[dict], responses_in_view_order: list[str]) -> str:
+    """The meta-RM user turn (SPEC section 5): context and responses in the order the GRM saw them."""
+    blocks = [
+        f"[The Begin of Response {i}]\n{response}\n[The End of Response {i}]"
+        for i, response in enumerate(responses_in_view_order, start=1)
+    ]
+    return (
+        f"{METARM_PREAMBLE}\n#### Conversation Context ####\n{render_context(context)}\n"
+        f"#### Responses to be Scored ####\n" + "\n".join(blocks)
+    )
+
+
+def build_metarm_messages(context: list[dict], responses_in_view_order: list[str], trajectory_text: str) -> list[dict]:
+    """Meta-RM chat messages: the sample as the user turn, the GRM's principles and critique
+    (the trajectory text) as the assistant turn."""
+    return [
+        {"role": "user", "content": render_metarm_prompt(context, responses_in_view_order)},
+        {"role": "assistant", "content": trajectory_text},
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsing
 

@@ -167,6 +167,8 @@ class GenerateStage:
             )
             for i, extra in zip(hinted_idx, hinted_rows):
                 rows[i].extend(extra)
+            for sample_rows in rows:
+                tr.set_verdicts(sample_rows, self.hint)
         flat = [row for sample_rows in rows for row in sample_rows]
         return pa.Table.from_pylist(flat, schema=arrow.TRAJECTORY)
 

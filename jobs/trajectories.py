@@ -99,12 +99,18 @@ def trajectory_row(
 
 
 def needs_hint(mode: str, rows: Sequence[dict]) -> bool:
-    """SPEC section 4: ``auto`` hints samples none of whose non-hinted trajectories is correct."""
-    if mode == "never":
-        return False
-    if mode == "always":
-        return True
-    return not any(r[c.CORRECT] for r in rows)
+    """Whether a sample whose non-hinted trajectories are ``rows`` gets a hinted trajectory."""
+    return grm_math.hint_wanted(mode, [bool(r[c.CORRECT]) for r in rows if not r[c.HINTED]])
+
+
+def set_verdicts(rows: list[dict], mode: str) -> None:
+    """Fill ``verdict`` and ``outcome`` of one sample's rows (all of them, hinted included)."""
+    outcome, verdicts = grm_math.rft_verdicts(
+        [r[c.HINTED] for r in rows], [bool(r[c.CORRECT]) for r in rows], [r[c.PARSE_ERROR] for r in rows], mode
+    )
+    for r, v in zip(rows, verdicts):
+        r[c.VERDICT] = v
+        r[c.OUTCOME] = outcome
 
 
 def prefill_tokens(groups: Sequence[Sequence[TrajectorySpec]], prompt_tokens: dict[tuple, int]) -> tuple[int, int]:

@@ -6,6 +6,9 @@ import pyarrow as pa
 
 from schemas import columns as c
 
+# Typed parse failures (SPEC section 2, rule 4).
+PARSE_ERRORS = ("no_scores", "wrong_count", "not_integer", "out_of_range", "truncated")
+
 MESSAGE = pa.struct([pa.field(c.ROLE, pa.string()), pa.field(c.CONTENT, pa.string())])
 
 # A validated, canonical sample: what every job works on after the validate stage.
@@ -40,8 +43,40 @@ TRAJECTORY = pa.schema(
         pa.field(c.FINISH_REASON, pa.string()),
         pa.field(c.PROMPT_TOKENS, pa.int32()),
         pa.field(c.COMPLETION_TOKENS, pa.int32()),
+        # Set by `rft` (hinted sampling on), null for `sample`.
+        pa.field(c.VERDICT, pa.string()),
+        pa.field(c.OUTCOME, pa.string()),
     ]
 )
+
+# One row per accepted RFT trajectory: a chat SFT example (TRL/DeepSpeed-Chat readable `messages`).
+SFT = pa.schema(
+    [
+        pa.field(c.ID, pa.string(), nullable=False),
+        pa.field(c.SAMPLE_INDEX, pa.int32(), nullable=False),
+        pa.field(c.HINTED, pa.bool_(), nullable=False),
+        pa.field(c.PERMUTATION, pa.list_(pa.int32()), nullable=False),
+        pa.field(c.PROMPT_MESSAGES, pa.list_(MESSAGE), nullable=False),
+        pa.field(c.COMPLETION, pa.string(), nullable=False),
+        pa.field(c.MESSAGES, pa.list_(MESSAGE), nullable=False),
+    ]
+)
+
+# One row per (non-hinted) trajectory: the meta-RM input (SPEC section 5) and its 0/1 label.
+METARM = pa.schema(
+    [
+        pa.field(c.ID, pa.string(), nullable=False),
+        pa.field(c.SAMPLE_INDEX, pa.int32(), nullable=False),
+        pa.field(c.HINTED, pa.bool_(), nullable=False),
+        pa.field(c.MESSAGES, pa.list_(MESSAGE), nullable=False),
+        pa.field(c.LABEL, pa.int8(), nullable=False),
+    ]
+)
+
+# RFT funnel (SPEC section 4): every sample ends in exactly one outcome ...
+OUTCOMES = ("accepted", "too_easy", "no_correct", "invalid")
+# ... and every trajectory is accepted or rejected for one of these reasons.
+REJECTION_REASONS = ("incorrect", "too_easy", "hint_unused") + PARSE_ERRORS
 
 VOTE = pa.schema(
     [
@@ -68,8 +103,6 @@ QUARANTINE = pa.schema(
     ]
 )
 
-# Typed parse failures (SPEC section 2, rule 4).
-PARSE_ERRORS = ("no_scores", "wrong_count", "not_integer", "out_of_range", "truncated")
 
 # Input contract violations: the `reason` values of quarantined rows.
 QUARANTINE_REASONS = (
@@ -83,4 +116,5 @@ QUARANTINE_REASONS = (
     "labels_no_unique_max",  # n >= 2 and correctness needed, but the top label is shared
     "duplicate_id",  # the same id appears more than once in the input
     "unsupported_n",  # the prompt template does not take this many responses (e.g. pairwise, n != 2)
+    "no_labels",  # the job needs labels (rft) and the sample has none
 )

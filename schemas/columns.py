@@ -27,6 +27,16 @@ FINISH_REASON = "finish_reason"
 PROMPT_TOKENS = "prompt_tokens"
 COMPLETION_TOKENS = "completion_tokens"
 
+# --- RFT verdicts (rft) ---
+VERDICT = "verdict"  # "accepted", or why the trajectory was rejected (arrow.REJECTION_REASONS)
+OUTCOME = "outcome"  # the sample's funnel outcome (arrow.OUTCOMES)
+
+# --- SFT and meta-RM corpora ---
+PROMPT_MESSAGES = "prompt_messages"  # the chat messages exactly as the model saw them
+COMPLETION = "completion"  # the trajectory text the model wrote
+MESSAGES = "messages"  # prompt_messages + the completion as the assistant turn
+LABEL = "label"  # meta-RM target: 1 if the trajectory is correct (SPEC section 3), else 0
+
 # --- vote (one sample after k-way voting) ---
 K = "k"  # trajectories considered (the first k non-hinted by sample_index)
 VALID = "valid"  # how many of them had valid scores and voted

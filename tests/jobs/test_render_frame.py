@@ -1,0 +1,44 @@
+"""The column-wise renderer is byte-identical to the row-wise protocol renderer."""
+
+import random
+
+import polars as pl
+import pytest
+
+from jobs import render_frame as rf
+from jobs.protocol import build_metarm_messages, load_template, render_prompt, template_from_text
+from schemas import columns as c
+
+TRICKY = ["plain", "", "braces {context} {responses} {i} {response}", "unicode é ✓ 数学", "multi\nline\n\nanswer", "\\boxed{7, 5}"]
+
+
+def frame(seed: int, n_choices=(1, 2, 3, 4)):
+    rng = random.Random(seed)
+    rows = []
+    for s in range(60):
+        n = rng.choice(n_choices)
+        ctx = [{"role": r, "content": rng.choice(TRICKY) + f" turn {t}"} for t, r in enumerate(rng.choice([["user"], ["system", "user"], ["user", "assistant", "user"]]))]
+        rows.append({c.ID: str(s), c.CONTEXT: ctx, c.RESPONSES: [rng.choice(TRICKY) + f" r{i}" for i in range(n)],
+                     c.PERMUTATION: rng.sample(range(n), n)})
+    return rows
+
+
+@pytest.mark.parametrize("name", ["default", "single", "rm_r1_pairwise", "custom"])
+def test_grm_prompt_matches_protocol(name):
+    if name == "custom":
+        tpl = template_from_text("---\nresponse_block: <{letter}|{i}> {response} </{i}>\nresponse_separator: \\n--\\n\n---\nA {context} B {responses} C {i}\n")
+    else:
+        tpl = load_template(name)
+    rows = [r for r in frame(1) if tpl.check_n(len(r[c.RESPONSES])) is None]
+    assert rows
+    got = pl.DataFrame(rows).select(rf.grm_prompt(tpl).alias("p"))["p"].to_list()
+    want = [render_prompt(tpl, r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]]) for r in rows]
+    assert got == want
+
+
+def test_metarm_prompt_and_messages_match_protocol():
+    rows = frame(2)
+    df = pl.DataFrame(rows).with_columns(pl.lit("the critique").alias(c.TEXT))
+    got = df.select(rf.messages(("user", rf.metarm_prompt()), ("assistant", pl.col(c.TEXT))).alias("m"))["m"].to_list()
+    want = [build_metarm_messages(r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]], "the critique") for r in rows]
+    assert got == want
