@@ -13,6 +13,8 @@ COMMANDS = {
     "label": ("jobs.label", "LabelConfig", "sample k trajectories per sample, then vote (one command)"),
     "sample": ("jobs.sample", "SampleConfig", "draw k GRM trajectories per sample (GPU-heavy part)"),
     "vote": ("jobs.vote", "VoteConfig", "k-way voting over trajectory shards (cheap CPU part)"),
+    "rft": ("jobs.rft", "RftConfig", "RFT corpora: rejective + hinted sampling into SFT and meta-RM corpora"),
+    "rft-filter": ("jobs.rft_filter", "RftFilterConfig", "rebuild the SFT and meta-RM corpora from trajectories (CPU)"),
     "build-tiny-model": ("jobs.tiny_model", None, "build a small local GRM for tests and demos (no downloads)"),
 }
 

@@ -22,14 +22,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-from jobs.config import add_arguments, check, load_config, opt, to_dict
+from jobs.config import add_arguments, check, opt, to_dict
 from jobs.engines import ENGINES, EngineConfig, SamplingConfig
+from jobs.grm_math import HINT_MODES
 from jobs.outputs import OutputDir, Timer, check_inputs, duplicate_input_ids, input_files, package_versions
 from jobs.stages import StagePlan
 from schemas import arrow
 from schemas import columns as c
-
-HINT_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,7 @@ class SampleConfig:
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     overwrite: bool = opt(False, "delete an existing output directory first")
     hint: str = opt("never", "hinted sampling mode (used by rft)", choices=HINT_MODES, cli=False)
+    require_labels: bool = opt(False, "quarantine samples without labels (rft)", cli=False)
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
@@ -91,7 +91,7 @@ class SampleConfig:
 
     def settings(self) -> dict:
         """The options that fix the results; a resumed run must match them."""
-        keys = ("input", "model", "k", "template", "temperature", "top_p", "max_tokens", "seed", "hint")
+        keys = ("input", "model", "k", "template", "temperature", "top_p", "max_tokens", "seed", "hint", "require_labels")
         return {key: getattr(self, key) for key in keys}
 
 
@@ -116,6 +116,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                 "fn_kwargs": {
                     "need_unique_max": True,
                     "n_range": (template.min_responses, template.max_responses),
+                    "require_labels": cfg.require_labels,
                     "done_ids": done_ids,
                     "duplicate_ids": duplicate_ids,
                     "quarantine_dir": out.quarantine,

@@ -48,25 +48,24 @@ def shard_name(ids: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- validate
-def split_unsupported_n(valid: pa.Table, n_range: tuple[int, int | None]) -> tuple[pa.Table, pa.Table]:
-    """Move samples whose response count the template cannot take into quarantine rows."""
+def split_unusable(valid: pa.Table, n_range: tuple[int, int | None], require_labels: bool) -> tuple[pa.Table, pa.Table]:
+    """Move valid samples this job cannot use into quarantine rows: a response count the template
+    cannot take (``unsupported_n``), or no labels when the job needs them (``no_labels``)."""
     import pyarrow.compute as pc
 
     lo, hi = n_range
     n = pc.list_value_length(valid[c.RESPONSES])
-    ok = pc.greater_equal(n, lo) if hi is None else pc.and_(pc.greater_equal(n, lo), pc.less_equal(n, hi))
-    bad = valid.filter(pc.invert(ok))
+    n_ok = pc.greater_equal(n, lo) if hi is None else pc.and_(pc.greater_equal(n, lo), pc.less_equal(n, hi))
+    ok = pc.and_(n_ok, pc.is_valid(valid[c.LABELS])) if require_labels else n_ok
     want = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-    rows = [
-        {
-            c.ID: r[c.ID],
-            c.REASON: "unsupported_n",
-            c.DETAIL: f"{len(r[c.RESPONSES])} responses; the template takes {want}",
-            c.SOURCE_PATH: None,
-            c.RAW: json.dumps(r, ensure_ascii=False),
-        }
-        for r in bad.to_pylist()
-    ]
+    rows = []
+    for r in valid.filter(pc.invert(ok)).to_pylist():
+        k = len(r[c.RESPONSES])
+        if lo <= k and (hi is None or k <= hi):
+            reason, detail = "no_labels", "this job needs labels to judge correctness"
+        else:
+            reason, detail = "unsupported_n", f"{k} responses; the template takes {want}"
+        rows.append({c.ID: r[c.ID], c.REASON: reason, c.DETAIL: detail, c.SOURCE_PATH: None, c.RAW: json.dumps(r, ensure_ascii=False)})
     return valid.filter(ok), pa.Table.from_pylist(rows, schema=arrow.QUARANTINE)
 
 
@@ -75,6 +74,7 @@ def validate_stage(
     *,
     need_unique_max: bool,
     n_range: tuple[int, int | None],
+    require_labels: bool,
     done_ids: pa.Array,
     duplicate_ids: frozenset,
     quarantine_dir: str,
@@ -93,9 +93,9 @@ def validate_stage(
     valid, quarantined = normalize(
         batch, need_unique_max=need_unique_max, source_column=c.SOURCE_PATH, duplicate_ids=duplicate_ids
     )
-    valid, wrong_n = split_unsupported_n(valid, n_range)
-    if len(wrong_n):
-        quarantined = pa.concat_tables([quarantined, wrong_n])
+    valid, unusable = split_unusable(valid, n_range, require_labels)
+    if len(unusable):
+        quarantined = pa.concat_tables([quarantined, unusable])
     if len(done_ids):
         valid = valid.filter(pc.invert(pc.is_in(valid[c.ID], value_set=done_ids)))
         keep = pc.or_(pc.is_null(quarantined[c.ID]), pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))

@@ -1,0 +1,79 @@
+"""rft: the cold-start data of SPCT from a labelled preference dataset, in one command.
+
+Input schema: labelled reward samples, as for ``sample`` (samples without labels are quarantined
+as ``no_labels``). Per sample, ``--n-rft`` non-hinted trajectories with seeded permutations, then
+(``--hint auto|always|never``, SPEC section 4) one hinted trajectory for the samples that need it,
+drawn in the same streaming pass. Then ``rft-filter`` applies rejective sampling.
+
+Output, under ``OUT/``: ``trajectories/`` (every trajectory, with its ``verdict`` and the sample's
+``outcome``; resumable like ``sample``), ``sft/`` (accepted trajectories as chat SFT rows),
+``metarm/`` (the meta-RM corpus, label 1 if correct) and ``funnel.json``. See ``jobs.rft_filter``.
+
+Run::
+
+    tribunal rft --input prefs.parquet --output rft_run/ --model GRM_PATH --n-rft 3 --hint auto
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+from jobs import grm_math
+from jobs.config import add_arguments, opt
+from jobs.rft_filter import RftFilterConfig
+from jobs.sample import SampleConfig
+
+
+@dataclass(frozen=True)
+class RftConfig(SampleConfig):
+    """A sampling run with hinted sampling, and the rejective filter applied to it."""
+
+    k: int = opt(3, "N_RFT: non-hinted trajectories per sample (also --n-rft)")
+    hint: str = opt("auto", "hinted sampling: auto (samples with no correct trajectory), always, never", choices=grm_math.HINT_MODES)
+    require_labels: bool = opt(True, "quarantine samples without labels", cli=False)
+    metarm_include_hinted: bool = opt(False, "also put hinted trajectories in the meta-RM corpus")
+
+    def sample_config(self) -> SampleConfig:
+        from cluster.storage import join
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SampleConfig)}
+        fields["output"] = join(self.output, "trajectories")
+        return SampleConfig(**fields)
+
+    def filter_config(self) -> RftFilterConfig:
+        from cluster.storage import join
+
+        return RftFilterConfig(
+            input=join(self.output, "trajectories"),
+            output=self.output,
+            hint=self.hint,
+            metarm_include_hinted=self.metarm_include_hinted,
+            template=self.template,
+        )
+
+
+def run(cfg: RftConfig, *, stream=None) -> dict:
+    from jobs import rft_filter, sample
+
+    sampled = sample.run(cfg.sample_config(), job="rft", stream=stream)
+    filtered = rft_filter.run(cfg.filter_config(), job="rft", stream=stream)
+    return {"sample": sampled, **filtered}
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
+    add_arguments(parser, RftConfig)
+    parser.add_argument("--n-rft", dest="k", type=int, metavar="N", help="same as --k")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import run_main
+
+    return run_main("rft", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""rft-filter: rejective filtering of trajectories into the SFT and meta-RM corpora (CPU, polars).
+
+Input schema: trajectory shards (``schemas.arrow.TRAJECTORY``) with labels, as ``rft`` (or
+``sample``) writes them. Every sample gets one funnel outcome (SPEC section 4): ``accepted``,
+``too_easy`` (all non-hinted trajectories correct), ``no_correct`` (not even a kept hinted one),
+or ``invalid`` (quarantined input, counted from the input's ``_quarantine/``); every trajectory is
+``accepted`` or rejected with a reason (``incorrect``, a parse-failure reason, ``too_easy``,
+``hint_unused``). Rules come from ``--hint auto|always|never``, so a corpus can be rebuilt with
+other rules without regenerating anything.
+
+Output schemas: ``OUT/sft/part-*.parquet`` (``arrow.SFT``: one row per accepted trajectory, the
+chat messages exactly as the GRM saw them plus the completion) and ``OUT/metarm/part-*.parquet``
+(``arrow.METARM``: one row per non-hinted trajectory, the meta-RM prompt and the trajectory as
+user and assistant turns, label 1 if correct), each with a manifest, and ``OUT/funnel.json``.
+
+Run::
+
+    tribunal rft-filter --input rft_run/trajectories --output rft_run/ --hint never
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import polars as pl
+
+from jobs import grm_math
+from jobs.config import add_arguments, check, opt, to_dict
+from jobs.outputs import OutputDir, Timer, package_versions
+from schemas import arrow
+from schemas import columns as c
+from schemas.errors import TribunalError
+
+FILTER_INPUT = (
+    c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, c.TEXT, c.PARSE_ERROR, c.LABELS, c.CORRECT, c.CONTEXT, c.RESPONSES,
+)
+
+
+@dataclass(frozen=True)
+class RftFilterConfig:
+    """Rules for turning trajectories into the RFT corpora."""
+
+    input: str = opt("", "trajectory shards (a directory, local or s3://)")
+    output: str = opt("", "run directory: sft/, metarm/ and funnel.json are written under it")
+    hint: str = opt("auto", "hinted trajectories kept: auto (only for samples with no correct one), always, never", choices=grm_math.HINT_MODES)
+    metarm_include_hinted: bool = opt(False, "also put hinted trajectories in the meta-RM corpus")
+    template: str | None = opt(None, "template the trajectories were sampled with (default: read from the input's _run.json)")
+    chunk_rows: int = opt(2_000_000, "trajectory rows processed per chunk (bounds memory)")
+
+    def __post_init__(self) -> None:
+        check(bool(self.input), "input", "is required")
+        check(bool(self.output), "output", "is required")
+        check(self.hint in grm_math.HINT_MODES, "hint", f"must be one of {grm_math.HINT_MODES}, got {self.hint!r}")
+        check(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
+
+
+def verdict_frame(traj: pl.DataFrame, mode: str) -> pl.DataFrame:
+    """Add ``verdict`` and ``outcome`` column-wise; agrees with ``grm_math.rft_verdicts`` (tested)."""
+    grm_math.hint_wanted(mode, [])  # validates the mode
+    nh = ~pl.col(c.HINTED)
+    per = traj.group_by(c.ID).agg(nh.sum().alias("_nh"), (nh & pl.col(c.CORRECT)).sum().alias("_nh_ok"))
+    t = traj.join(per, on=c.ID, how="left")
+    too_easy = (pl.col("_nh") > 0) & (pl.col("_nh_ok") == pl.col("_nh"))
+    use_hint = pl.lit(mode == "always") | ((pl.col("_nh_ok") == 0) & pl.lit(mode == "auto"))
+    verdict = (
+        pl.when(too_easy).then(pl.lit("too_easy"))
+        .when(pl.col(c.HINTED) & ~use_hint).then(pl.lit("hint_unused"))
+        .when(pl.col(c.CORRECT)).then(pl.lit("accepted"))
+        .otherwise(pl.coalesce(pl.col(c.PARSE_ERROR), pl.lit("incorrect")))
+    )
+    t = t.with_columns(verdict.alias(c.VERDICT), too_easy.alias("_too_easy"))
+    any_accepted = (pl.col(c.VERDICT) == "accepted").any().over(c.ID)
+    outcome = pl.when(pl.col("_too_easy")).then(pl.lit("too_easy")).when(any_accepted).then(pl.lit("accepted")).otherwise(pl.lit("no_correct"))
+    return t.with_columns(outcome.alias(c.OUTCOME)).drop("_nh", "_nh_ok", "_too_easy")
+
+
+def _hint_suffixes(hinted: pl.DataFrame, template) -> pl.Series:
+    """The hint line of each hinted row (few: at most one per sample, so row-wise is fine)."""
+    from jobs.protocol import hint_line
+
+    out = []
+    for perm, labels in zip(hinted[c.PERMUTATION].to_list(), hinted[c.LABELS].to_list()):
+        best = grm_math.unique_argmax(labels)
+        out.append("\n" + hint_line(template, grm_math.invert_permutation(perm)[best] + 1))
+    return pl.Series("_hint", out, dtype=pl.String)
+
+
+def sft_frame(t: pl.DataFrame, template) -> pl.DataFrame:
+    """Accepted trajectories as chat SFT rows (``arrow.SFT``)."""
+    from jobs import render_frame as rf
+
+    acc = t.filter(pl.col(c.VERDICT) == "accepted")
+    hint = pl.Series("_hint", [None] * len(acc), dtype=pl.String)
+    hinted_mask = acc[c.HINTED]
+    if hinted_mask.any():
+        suffix = _hint_suffixes(acc.filter(hinted_mask), template)
+        hint = hint.scatter(hinted_mask.arg_true(), suffix)
+    acc = acc.with_columns(hint)
+    prompt = pl.concat_str([rf.grm_prompt(template), pl.col("_hint").fill_null("")])
+    return acc.select(
+        c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION,
+        rf.messages(("user", prompt)).alias(c.PROMPT_MESSAGES),
+        pl.col(c.TEXT).alias(c.COMPLETION),
+        rf.messages(("user", prompt), ("assistant", pl.col(c.TEXT))).alias(c.MESSAGES),
+    )
+
+
+def metarm_frame(t: pl.DataFrame, include_hinted: bool) -> pl.DataFrame:
+    """Meta-RM rows (``arrow.METARM``): label 1 iff the trajectory is correct (SPEC section 3)."""
+    from jobs import render_frame as rf
+
+    rows = t if include_hinted else t.filter(~pl.col(c.HINTED))
+    return rows.select(
+        c.ID, c.SAMPLE_INDEX, c.HINTED,
+        rf.messages(("user", rf.metarm_prompt()), ("assistant", pl.col(c.TEXT))).alias(c.MESSAGES),
+        pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL),
+    )
+
+
+def _template_of(src: OutputDir, explicit: str | None):
+    from cluster import storage
+    from jobs.outputs import RUN_FILE
+    from jobs.protocol import load_template
+
+    if explicit:
+        return load_template(explicit)
+    run_path = storage.join(src.path, RUN_FILE)
+    if src.fs.exists(run_path):
+        with src.fs.open(run_path, "r") as f:
+            name = json.load(f).get("settings", {}).get("template")
+        if name:
+            return load_template(name)
+    raise TribunalError(f"{src.display()}: no {RUN_FILE} says which template was used: pass --template")
+
+
+def _count_into(acc: dict, series: pl.Series) -> None:
+    for k, v in series.value_counts().iter_rows():
+        acc[k] = acc.get(k, 0) + int(v)
+
+
+def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
+    from cluster import storage
+    from jobs.progress import fmt_duration
+    from jobs.stages import shard_name
+    from jobs.vote import chunk_files
+
+    stream = stream or sys.stderr
+    timer = Timer()
+    src = OutputDir(cfg.input)
+    files = storage.list_parquet(src.fs, src.path, "trajectories")
+    import pyarrow.parquet as pq
+
+    with src.fs.open(files[0], "rb") as fh:
+        names = pq.ParquetFile(fh).schema_arrow.names
+    for col in FILTER_INPUT:
+        if col not in names:
+            raise TribunalError(f"{storage.display(src.fs, files[0])}: no {col!r} column: not a trajectory shard of this tribunal version")
+    template = _template_of(src, cfg.template)
+    root = OutputDir(cfg.output)
+    sft, metarm = OutputDir(storage.join(cfg.output, "sft")), OutputDir(storage.join(cfg.output, "metarm"))
+    for d in (sft, metarm):
+        for p in d.parts():
+            d.fs.rm(p)
+        d.fs.makedirs(d.path, exist_ok=True)
+
+    outcomes: dict[str, int] = {}
+    verdicts: dict[str, int] = {}
+    accepted_per_sample: dict[int, int] = {}
+    hinted_kept = 0
+    labels_balance = {"0": 0, "1": 0}
+    sft_rows = metarm_rows = n_traj = 0
+    seen: set[str] = set()
+    chunks = chunk_files(src.fs, files, cfg.chunk_rows)
+    for i, chunk in enumerate(chunks):
+        traj = pl.from_arrow(src.read(chunk, list(FILTER_INPUT)))
+        unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
+        if len(unlabelled):
+            raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
+        t = verdict_frame(traj, cfg.hint)
+        ids = t[c.ID].unique().to_list()
+        if seen.intersection(ids):
+            raise TribunalError(f"a sample has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
+        seen.update(ids)
+        per_sample = t.group_by(c.ID).agg(pl.col(c.OUTCOME).first(), (pl.col(c.VERDICT) == "accepted").sum().alias("_n"))
+        _count_into(outcomes, per_sample[c.OUTCOME])
+        for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("_n").len().iter_rows():
+            accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
+        _count_into(verdicts, t[c.VERDICT])
+        hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
+        s, m = sft_frame(t, template), metarm_frame(t, cfg.metarm_include_hinted)
+        name = shard_name(sorted(ids)[:1] + sorted(ids)[-1:] + [str(len(ids))])
+        if len(s):
+            storage.write_parquet_atomic(sft.fs, storage.join(sft.path, name), s.to_arrow(), arrow.SFT)
+        if len(m):
+            storage.write_parquet_atomic(metarm.fs, storage.join(metarm.path, name), m.to_arrow(), arrow.METARM)
+        labels_balance["1"] += int(m[c.LABEL].sum())
+        labels_balance["0"] += len(m) - int(m[c.LABEL].sum())
+        sft_rows, metarm_rows, n_traj = sft_rows + len(s), metarm_rows + len(m), n_traj + len(t)
+        print(f"[{job}] chunk {i + 1}/{len(chunks)}: {len(seen)} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
+    timer.mark("filtered")
+
+    invalid = sum(src.quarantine_counts().values())
+    outcomes["invalid"] = invalid
+    rows_in = len(seen) + invalid
+    manifest_path = storage.join(src.path, "_manifest.json")
+    if src.fs.exists(manifest_path):
+        with src.fs.open(manifest_path, "r") as f:
+            rows_in = json.load(f).get("counts", {}).get("rows_in", rows_in)
+    funnel = {
+        "rows_in": rows_in,
+        "outcomes": {k: outcomes.get(k, 0) for k in arrow.OUTCOMES},
+        "reconciled": rows_in == sum(outcomes.get(k, 0) for k in arrow.OUTCOMES),
+        "accepted_trajectories_per_sample": {str(k): v for k, v in sorted(accepted_per_sample.items())},
+        "trajectories": n_traj,
+        "trajectory_verdicts": dict(sorted(verdicts.items())),
+        "hinted_kept": hinted_kept,
+        "sft_rows": sft_rows,
+        "metarm_rows": metarm_rows,
+        "metarm_label_balance": labels_balance,
+        "hint": cfg.hint,
+    }
+    elapsed = time.time() - timer.start
+    common = {"job": job, "config": to_dict(cfg), "versions": package_versions(), "template": template.name,
+              "funnel": funnel, "timings_s": timer.marks,
+              "throughput": {"trajectories_per_s": round(n_traj / max(timer.marks["filtered"], 1e-9), 1)}}
+    sft.write_manifest({**common, "schema": "sft", "output": sft.display(), "rows": sft_rows})
+    metarm.write_manifest({**common, "schema": "metarm", "output": metarm.display(), "rows": metarm_rows})
+    storage.write_text_atomic(root.fs, storage.join(root.path, "funnel.json"), json.dumps(funnel, indent=2))
+    o = funnel["outcomes"]
+    print(
+        f"[{job}] done in {fmt_duration(elapsed)}: {rows_in} samples -> accepted {o['accepted']}, too_easy {o['too_easy']}, "
+        f"no_correct {o['no_correct']}, invalid {o['invalid']}" + ("" if funnel["reconciled"] else " (DO NOT RECONCILE)"),
+        file=stream,
+    )
+    rejected = {k: v for k, v in funnel["trajectory_verdicts"].items() if k != "accepted"}
+    print(
+        f"[{job}] {n_traj} trajectories: {verdicts.get('accepted', 0)} accepted ({hinted_kept} hinted), rejected: "
+        + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"),
+        file=stream,
+    )
+    print(f"[{job}] meta-RM labels: {labels_balance['1']} correct / {labels_balance['0']} incorrect", file=stream)
+    print(f"[{job}] output: {sft.display()} ({sft_rows} rows), {metarm.display()} ({metarm_rows} rows), funnel: {root.display(storage.join(root.path, 'funnel.json'))}", file=stream)
+    return {"funnel": funnel, "sft": sft.display(), "metarm": metarm.display()}
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
+    add_arguments(parser, RftFilterConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import run_main
+
+    return run_main("rft-filter", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
