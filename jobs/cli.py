@@ -25,8 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, cls, help_text) in COMMANDS.items():
         if cls is None:  # a module with its own argparse main(): hand it the rest of the line
-            p = sub.add_parser(name, help=help_text, add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
+            sub.add_parser(name, help=help_text, add_help=False)
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -51,7 +50,12 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if command is not None:
         argv = [command, *argv]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Commands with their own argparse (cls None) get the rest of the line untouched.
+    args, rest = parser.parse_known_args(argv)
+    if rest and COMMANDS[args.command][1] is not None:
+        parser.parse_args(argv)  # reports the unknown arguments the usual way
+    args.rest = rest
     debug = args.debug
     try:
         return _run(args.command, args)

@@ -10,11 +10,13 @@ whose completions follow the SPEC §2 three-line format::
     Analysis: ...
     Scores: \\boxed{a, b}
 
-The model learns the *format* (and a little of "an 'I am not sure.' answer scores low"); it is
-not a good judge. The build is deterministic given the seed.
+The model learns the *format*: with the defaults, ~70-90% of temperature-1.0 samples for a
+two-response prompt parse as valid scores (the failures are mostly a wrong score count). It is
+not a judge: which response it prefers is about chance. The build takes under a minute on two
+CPU cores and is deterministic given the seed (and the torch thread count).
 
-Input: nothing (all data is generated in code; template text is read from
-``jobs/templates/*.txt`` when present). Output: a directory loadable with
+Input: nothing (all data is generated in code; prompts are rendered with ``jobs.protocol`` and
+its built-in templates). Output: a directory loadable with
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` (safetensors),
 plus ``tribunal_model.json`` describing the build.
 
@@ -44,13 +46,10 @@ __all__ = [
     "build_tiny_model",
     "iter_synthetic_examples",
     "main",
-    "render_default_prompt",
-    "render_single_prompt",
     "synthetic_examples",
 ]
 
 MANIFEST_NAME = "tribunal_model.json"
-TEMPLATES_DIR = pathlib.Path(__file__).resolve().parent / "templates"
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|im_end|>"  # generation stops at the end of the assistant turn
@@ -69,139 +68,15 @@ CHAT_TEMPLATE = (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Prompt text (SPEC §2). Kept here so the build works before/without jobs/templates/*.txt; the
-# template files, when present, are added to the tokenizer corpus.
-
-_PREAMBLE = (
-    "You are a skilled little expert at scoring responses. You should evaluate given responses "
-    "based on the given judging criteria.\n"
-    "Given the context of the conversation (the last round is the User's query) and multiple "
-    "responses from the Assistant, you need to refer to the [General Evaluation Criteria] to "
-    "score the responses. Based on the general evaluation criteria, state potential other "
-    "specific criteria to the query, the weights of different criteria, and then provide an "
-    "overall comprehensive score upon them.\n"
-)
-_SCORE_SENTENCE_DEFAULT = (
-    "Each score is an integer between 1 and 10, with a higher score indicating that the response "
-    "meets the relevant criteria more closely. For example, a score of 1 means the response does "
-    "not meet the criteria at all, a score of 6 means the response meets only some parts, and a "
-    "score of 10 means the response perfectly meets the evaluation criteria.\n"
-)
-_SCORE_SENTENCE_SINGLE = "The score is 0 or 1, with 1 indicating that the response is correct.\n"
-_STEP_BY_STEP = (
-    "Before scoring, please analyze step by step. Your scoring needs to be as strict as possible.\n"
-)
-_CRITERIA_DEFAULT = """
-#### Evaluation Criteria ####
-1. Instruction Adherence:
- - Fully Adhered (9-10 points): The response fully complies with all instructions and requirements of the question.
- - Partially Adhered (6-8 points): The response meets most of the instructions but has some omissions or misunderstandings.
- - Basically Adhered (3-5 points): The response meets some instructions, but the main requirements are not fulfilled.
- - Not Adhered (1-2 points): The response does not meet any instructions.
- Example: If the question requires three examples and the response provides only one, it falls under "Partially Adhered."
-2. Usefulness:
- - Highly Useful (9-10 points): The response provides comprehensive and accurate information, fully addressing the issue.
- - Useful but Incomplete (6-8 points): The response provides some useful information, but lacks details or accuracy.
- - Limited Usefulness (3-5 points): The response offers little useful information, with most content being irrelevant or incorrect.
- - Useless or Incorrect (1-2 points): The response is completely irrelevant or incorrect.
- Example: If there are factual errors in the response but the overall direction is correct, it falls under "Useful but Incomplete."
-3. Level of Detail:
- - Very Detailed (9-10 points): The response includes ample details covering all aspects of the issue.
- - Detailed but Slightly Lacking (6-8 points): The response is fairly detailed but misses some important details.
- - Basically Detailed (3-5 points): The response provides some details but is not thorough enough overall.
- - Not Detailed (1-2 points): The response is very brief and lacks necessary details.
- Example: If the response provides only a simple conclusion without an explanation, it falls under "Not Detailed."
-4. Relevance:
- - Highly Relevant (9-10 points): The response is highly relevant to the question, with information closely aligned with the topic.
- - Generally Relevant (6-8 points): The response is generally relevant but includes some unnecessary information.
- - Partially Relevant (3-5 points): The response has a lot of content that deviates from the topic.
- - Not Relevant (1-2 points): The response is completely irrelevant.
- Example: If the response strays from the topic but still provides some relevant information, it falls under "Partially Relevant."
-"""
-_CRITERIA_SINGLE = """
-#### Evaluation Criteria ####
-1. Instruction Adherence: The response follows the instructions of the question.
-2. Clarity: The response is clear and easy to follow.
-3. Accuracy: The response is correct.
-"""
-_FORMAT_DEFAULT = (
-    "#### Output Format Requirements ####\n"
-    "Output with three lines\n"
-    "Specific Criteria: <Other potential criteria specific to the query and the context, and the "
-    "weights of each criteria>.\n"
-    "Analysis: <Compare different responses based on given Criteria>.\n"
-    "Scores: <the overall comprehensive score of all responses in order, separate by comma in the "
-    "boxed, e.g., \\boxed{x, x} if there exists 2 responeses>."
-)
-_FORMAT_SINGLE = (
-    "#### Output Format Requirements ####\n"
-    "Output with three lines\n"
-    "Specific Criteria: <Other potential criteria specific to the query and the context, and the "
-    "weights of each criteria>.\n"
-    "Analysis: <Analyze the response based on given Criteria>.\n"
-    "Scores: <the overall comprehensive score of the response, e.g., \\boxed{x}>."
-)
-# RM-R1 style pairwise rubric, only used as tokenizer corpus when no template files exist.
-_PAIRWISE_FALLBACK = (
-    "Please act as an impartial judge and evaluate the quality of the responses provided by two "
-    "AI Chatbots to the Client's question displayed below.\n"
-    "First, generate a rubric for the question, then evaluate both chatbots against it.\n"
-    "Finally, output your final verdict: <answer>[[A]]</answer> if Chatbot A is better, "
-    "<answer>[[B]]</answer> if Chatbot B is better.\n"
-    "[Client Question]\n{question}\n[The Start of Chatbot A's Response]\n{answer_a}\n"
-    "[The End of Chatbot A's Response]\n[The Start of Chatbot B's Response]\n{answer_b}\n"
-    "[The End of Chatbot B's Response]\n"
-)
-
-
-def render_default_prompt(context: str, responses: Sequence[str], hint: int | None = None) -> str:
-    """The SPEC §2 default multi-response prompt; ``hint`` is a 1-based response number."""
-    blocks = "".join(
-        f"[The Begin of Response {i}]\n{r}\n[The End of Response {i}]\n"
-        for i, r in enumerate(responses, start=1)
-    )
-    text = (
-        _PREAMBLE
-        + _SCORE_SENTENCE_DEFAULT
-        + _STEP_BY_STEP
-        + _CRITERIA_DEFAULT
-        + "\n#### Conversation Context ####\n"
-        + context
-        + "\n\n#### Responses to be Scored ####\n"
-        + blocks
-        + "\n"
-        + _FORMAT_DEFAULT
-    )
-    if hint is not None:
-        text += f"\nThe best response is: Response {hint}"
-    return text
-
-
-def render_single_prompt(context: str, response: str) -> str:
-    """The SPEC §2 single-response (0/1) training prompt."""
-    return (
-        _PREAMBLE
-        + _SCORE_SENTENCE_SINGLE
-        + _STEP_BY_STEP
-        + _CRITERIA_SINGLE
-        + "\n#### Conversation Context ####\n"
-        + context
-        + "\n\n#### Responses to be Scored ####\n"
-        + f"[The Begin of Response]\n{response}\n[The End of Response]\n"
-        + "\n"
-        + _FORMAT_SINGLE
-    )
+# Prompts come from jobs.protocol, the one home of the GRM text protocol, so the model is trained
+# on exactly the text the jobs render.
 
 
 def _template_corpus() -> list[str]:
-    """Template text for the tokenizer: the files in jobs/templates/ if any, else the fallbacks."""
-    texts = [render_default_prompt("{context}", ["{response 1}"]), render_single_prompt("{context}", "{response}")]
-    files = sorted(TEMPLATES_DIR.glob("*.txt")) if TEMPLATES_DIR.is_dir() else []
-    if files:
-        texts += [f.read_text(encoding="utf-8") for f in files]
-    else:
-        texts.append(_PAIRWISE_FALLBACK)
-    return texts
+    """The built-in templates' text, for the tokenizer."""
+    from jobs.protocol import BUILTIN_TEMPLATES, load_template
+
+    return [load_template(name).body for name in BUILTIN_TEMPLATES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +159,7 @@ oxygen sugar death pretty skill women season solution magnet silver thank branch
 especially fig afraid huge sister steel discuss forward similar guide experience score apple bought
 led pitch coat mass card band rope slip win dream evening condition feed tool total basic smell
 valley nor double seat arrive master track parent shore division sheet substance favor connect post
-spend chord fat glad original share station dad bread charge proper bar offer segment slave duck
+spend chord fat glad original share station dad bread charge proper bar offer segment duck
 instant market degree populate chick dear enemy reply drink occur support speech nature range steam
 motion path liquid log meant quotient teeth shell neck function algorithm python code error return
 """
@@ -335,13 +210,21 @@ def _query_and_answers(rng: random.Random) -> tuple[str, str, str]:
             f"Maybe '{word}e'.")
 
 
-def _context(rng: random.Random, query: str) -> str:
-    """The conversation as text; sometimes with an earlier turn."""
+def _context(rng: random.Random, query: str) -> list[dict]:
+    """The conversation (chat messages, last turn the query); sometimes with an earlier turn."""
     if rng.random() < 0.25:
         greeting = rng.choice(["Hi!", "Hello there.", "Good morning."])
         reply = rng.choice(["Hello! How can I help?", "Hi, what do you need?"])
-        return f"User: {greeting}\nAssistant: {reply}\nUser: {query}"
-    return f"User: {query}"
+        return [{"role": "user", "content": greeting}, {"role": "assistant", "content": reply},
+                {"role": "user", "content": query}]
+    return [{"role": "user", "content": query}]
+
+
+def _user_turn(template_name: str, context: list[dict], responses: list[str], hint: int | None = None) -> str:
+    from jobs.protocol import build_messages, load_template
+
+    (message,) = build_messages(load_template(template_name), context, responses, hint=hint)
+    return message["content"]
 
 
 def _criteria_line(rng: random.Random) -> str:
@@ -368,16 +251,17 @@ def _default_example(rng: random.Random, n: int) -> SyntheticExample:
             scores.append(rng.randint(1, 3))
             adjs.append(rng.choice(_BAD_ADJ))
     hint = None
-    if n >= 2 and rng.random() < 0.1:
+    if n >= 2 and rng.random() < 0.1:  # hinted: the named response scores strictly highest
         hint = max(range(n), key=lambda i: scores[i]) + 1
-        scores[hint - 1] = max(scores) + (1 if max(scores) < 10 else 0)
+        top = min(10, max(scores) + 1)
+        scores = [top if i == hint - 1 else min(s, top - 1) for i, s in enumerate(scores)]
     if n == 1:
         analysis = f"Analysis: The response is {adjs[0]}."
     else:  # one clause per response, in order: the score count can follow the clause count
         analysis = "Analysis: " + "; ".join(f"Response {i + 1} is {a}" for i, a in enumerate(adjs)) + "."
     boxed = ", ".join(str(s) for s in scores)
     completion = f"{_criteria_line(rng)}\n{analysis}\nScores: \\boxed{{{boxed}}}"
-    prompt = render_default_prompt(_context(rng, query), responses, hint=hint)
+    prompt = _user_turn("default", _context(rng, query), responses, hint=hint)
     return SyntheticExample(prompt=prompt, completion=completion, n=n, template="default")
 
 
@@ -388,7 +272,8 @@ def _single_example(rng: random.Random) -> SyntheticExample:
     adj = rng.choice(_GOOD_ADJ if correct else _BAD_ADJ)
     completion = (f"{_criteria_line(rng)}\nAnalysis: The response is {adj}.\n"
                   f"Scores: \\boxed{{{int(correct)}}}")
-    return SyntheticExample(render_single_prompt(_context(rng, query), response), completion, 1, "single")
+    prompt = _user_turn("single", _context(rng, query), [response])
+    return SyntheticExample(prompt=prompt, completion=completion, n=1, template="single")
 
 
 _N_WEIGHTS = (1, 4, 2, 1)  # how often a default-template example has n = 1, 2, 3, 4 responses
@@ -511,7 +396,7 @@ def build_tiny_model(
     head_dim: int = 64,
     intermediate_size: int | None = None,
     vocab_size: int = 3000,
-    batch_size: int = 4,
+    batch_size: int = 8,
     learning_rate: float = 6e-3,
     max_position_embeddings: int = 4096,
     log_every: int = 50,
@@ -599,6 +484,7 @@ def build_tiny_model(
     )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _make_loadable_by_transformers_4(out)
     seconds = time.perf_counter() - t0
     manifest = {
         "kind": "tribunal tiny GRM (synthetic, format-only)",
@@ -624,6 +510,24 @@ def build_tiny_model(
         log(f"built {out} params={n_params} vocab={len(tokenizer)} steps={train_steps} "
             f"final_loss={loss_text} seconds={seconds:.1f}")
     return out
+
+
+def _make_loadable_by_transformers_4(out: pathlib.Path) -> None:
+    """Rewrite the two transformers-5-only spellings, so engines pinned to transformers 4.x
+    (vLLM releases often are) load the same directory; transformers 5 reads both spellings."""
+    tok_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_path.read_text(encoding="utf-8"))
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"  # v5 saves "TokenizersBackend"
+    extra = tok_cfg.pop("extra_special_tokens", None)  # a list in v5, a dict of names in v4
+    if extra:
+        tok_cfg["additional_special_tokens"] = list(extra)
+    tok_path.write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
+    cfg_path = out / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    rope = cfg.get("rope_parameters") or {}
+    if "rope_theta" in rope:  # v4 reads a top-level rope_theta
+        cfg.setdefault("rope_theta", rope["rope_theta"])
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
 
 
 def _version(dist: str) -> str:

@@ -119,3 +119,9 @@ def test_stage_plan_for_a_gpu_cluster_without_an_engine():
     assert gen.kwargs["fn_constructor_kwargs"]["engine_cfg"].kind == "vllm"
     assert by_name["validate"].num_gpus == 0 and by_name["write"].num_gpus == 0
     assert by_name["rebatch"].kwargs == {"target_num_rows_per_block": 64}
+
+
+def test_build_tiny_model_through_the_cli(tmp_path):
+    r = tribunal("build-tiny-model", "--output", str(tmp_path / "m"), "--train-steps", "0")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "tokenizer.json").exists()

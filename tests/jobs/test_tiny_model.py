@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from jobs.tiny_model import MANIFEST_NAME, build_tiny_model, render_default_prompt, synthetic_examples
+from jobs.protocol import build_messages, load_template, parse_output
+from jobs.tiny_model import MANIFEST_NAME, build_tiny_model, synthetic_examples
 
 TRAIN_STEPS = 12  # enough to exercise the training loop; format quality needs the default 300
 
@@ -23,7 +24,8 @@ def built(tmp_path_factory):
 
 def test_importing_does_not_import_torch():
     code = "import sys, jobs.tiny_model; print(sorted({'torch', 'transformers', 'tokenizers'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "[]"
 
 
@@ -36,6 +38,9 @@ def test_manifest_and_files(built):
     assert manifest["num_parameters"] > 0
     assert (path / "model.safetensors").exists()
     assert (path / "tokenizer.json").exists()
+    # Spelled so that transformers 4.x (which vLLM releases may pin) loads it too.
+    assert json.loads((path / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert json.loads((path / "config.json").read_text())["rope_theta"] == 10000.0
 
 
 def test_loads_offline_and_generates(built):
@@ -49,10 +54,11 @@ def test_loads_offline_and_generates(built):
     assert model.config.max_position_embeddings >= 4096
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token is not None
 
-    user = render_default_prompt("User: What is 2 + 2?", ["2 + 2 = 4.", "It is 5."])
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    messages = build_messages(
+        load_template("default"), [{"role": "user", "content": "What is 2 + 2?"}], ["2 + 2 = 4.", "It is 5."]
     )
+    user = messages[0]["content"]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt == f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     no_gen = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert no_gen == "<|im_start|>user\nhi<|im_end|>\n"
@@ -83,16 +89,51 @@ def test_same_seed_same_weights(built):
 
 
 def test_synthetic_completions_follow_the_format():
-    for ex in synthetic_examples(200, seed=0):
+    examples = synthetic_examples(300, seed=0)
+    assert {ex.template for ex in examples} == {"default", "single"}
+    assert {ex.n for ex in examples} == {1, 2, 3, 4}
+    for ex in examples:
         lines = ex.completion.split("\n")
         assert [line.split(":")[0] for line in lines] == ["Specific Criteria", "Analysis", "Scores"]
-        boxed = re.fullmatch(r"Scores: \\boxed\{([^}]*)\}", lines[2])
-        assert boxed is not None
-        scores = [int(s) for s in boxed.group(1).split(", ")]
-        assert len(scores) == ex.n
-        if "The score is 0 or 1" in ex.prompt:
-            assert ex.n == 1 and scores[0] in (0, 1)
-        else:
-            assert all(1 <= s <= 10 for s in scores)
+        result = parse_output(ex.completion, ex.n, load_template(ex.template))
+        assert result.error is None, (result, ex.completion)
+        if ex.template == "default":
             assert f"[The Begin of Response {ex.n}]" in ex.prompt
             assert f"[The Begin of Response {ex.n + 1}]" not in ex.prompt
+        else:
+            assert ex.n == 1 and "[The Begin of Response]" in ex.prompt
+        if "The best response is: Response " in ex.prompt:
+            hinted = int(ex.prompt.rsplit(" ", 1)[1]) - 1
+            assert all(s < result.scores[hinted] for i, s in enumerate(result.scores) if i != hinted)
+
+
+def test_shared_prefix_loss_equals_the_full_batch_loss(built):
+    """Training runs the common prompt preamble once; loss and gradients must not change."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from jobs.tiny_model import _shared_prefix_loss, _training_batches
+
+    path, _ = built
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    model.train()
+    batch = next(_training_batches(tokenizer, seed=5, batch_size=3))
+
+    shared = _shared_prefix_loss(model, batch, tokenizer.pad_token_id)
+    shared.backward()
+    shared_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    length = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), length), tokenizer.pad_token_id)
+    labels = torch.full((len(batch), length), -100)
+    for row, (ids, prompt_len) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+    full = model(input_ids=input_ids, labels=labels).loss
+    full.backward()
+
+    assert torch.allclose(shared, full, rtol=1e-5, atol=1e-6)
+    for got, want in zip(shared_grads, (p.grad for p in model.parameters())):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)

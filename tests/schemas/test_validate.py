@@ -75,9 +75,9 @@ def table(rows, schema=CONTEXT_SCHEMA):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def run(rows, schema=CONTEXT_SCHEMA, need_unique_max=True):
+def run(rows, schema=CONTEXT_SCHEMA, need_unique_max=True, duplicate_ids=frozenset()):
     t = table(rows, schema)
-    valid, quarantine = normalize(t, need_unique_max=need_unique_max)
+    valid, quarantine = normalize(t, need_unique_max=need_unique_max, duplicate_ids=duplicate_ids)
     assert valid.schema == arrow.SAMPLE
     assert quarantine.schema == arrow.QUARANTINE
     assert valid.num_rows + quarantine.num_rows == t.num_rows
@@ -283,8 +283,16 @@ def test_each_bad_row_is_quarantined_with_its_reason(reason, bad, schema):
 
 
 def test_every_quarantine_reason_is_covered():
-    covered = {r for r, _, _ in BAD_ROWS} | {"duplicate_id"}
+    # unsupported_n and no_labels depend on the job (template, rft), so the validate stage applies
+    # them: tests/jobs/test_stages.py covers those two.
+    covered = {r for r, _, _ in BAD_ROWS} | {"duplicate_id", "unsupported_n", "no_labels"}
     assert covered == set(arrow.QUARANTINE_REASONS)
+
+
+def test_ids_duplicated_across_the_input_are_quarantined_everywhere():
+    valid, quarantine = run([row(id="a"), row(id="b")], duplicate_ids=frozenset({"a"}))
+    assert [v[c.ID] for v in valid] == ["b"]
+    assert [(q[c.ID], q[c.REASON]) for q in quarantine] == [("a", "duplicate_id")]
 
 
 def test_shared_top_label_is_fine_when_correctness_is_not_needed():
