@@ -83,6 +83,19 @@ def make_shard(first_sample: int, samples: int, n: int, k: int, fail_rate: float
         c.PROMPT_TOKENS: pa.array(np.full(rows, 900, dtype=np.int32)),
         c.COMPLETION_TOKENS: pa.array(rng.integers(100, 500, size=rows).astype(np.int32)),
     }
+    per_sample = range(first_sample, first_sample + samples)
+    if c.CONTEXT in arrow.TRAJECTORY.names:  # the judged sample, repeated on each of its k rows
+        ctx = pa.array([[{c.ROLE: "user", c.CONTENT: f"Question {i}: what is {i} + {i}?"}] for i in per_sample],
+                       arrow.TRAJECTORY.field(c.CONTEXT).type)
+        cols[c.CONTEXT] = ctx.take(pa.array(owner))
+    if c.RESPONSES in arrow.TRAJECTORY.names:
+        resp = pa.array([[f"Answer {j} to question {i}." for j in range(n)] for i in per_sample], pa.list_(pa.string()))
+        cols[c.RESPONSES] = resp.take(pa.array(owner))
+    for f in arrow.TRAJECTORY:  # columns this generator does not know: null where the schema allows it
+        if f.name not in cols:
+            if not f.nullable:
+                raise SystemExit(f"bench_vote: no generator for the non-nullable trajectory column {f.name!r}")
+            cols[f.name] = pa.nulls(rows, f.type)
     return pa.Table.from_arrays([cols[f.name] for f in arrow.TRAJECTORY], schema=arrow.TRAJECTORY)
 
 

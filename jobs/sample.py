@@ -170,18 +170,22 @@ def summarize(out: OutputDir, rows_in: int) -> dict:
 
     quarantined = out.quarantine_counts()
     parts = out.parts()
-    cols = [c.ID, c.HINTED, c.PARSE_ERROR, c.CORRECT, c.FINISH_REASON, c.PROMPT_TOKENS, c.COMPLETION_TOKENS]
+    cols = [c.ID, c.SAMPLE_INDEX, c.HINTED, c.PARSE_ERROR, c.CORRECT, c.FINISH_REASON, c.PROMPT_TOKENS, c.COMPLETION_TOKENS]
     df = pl.from_arrow(out.read(parts, cols)) if parts else pl.DataFrame(schema={k: pl.Utf8 for k in cols})
     samples_out = df[c.ID].n_unique() if len(df) else 0
     failures = df.filter(pl.col(c.PARSE_ERROR).is_not_null()).group_by(c.PARSE_ERROR).len() if len(df) else None
     labelled = df.filter(pl.col(c.CORRECT).is_not_null()) if len(df) else df
     n_quarantined = sum(quarantined.values())
+    # A key twice means two runs wrote into this directory at once (e.g. a re-run started while a
+    # killed run's workers were still finishing their batch): report it, never hide it.
+    duplicate_keys = int(df.select(list(c.TRAJECTORY_KEY)).is_duplicated().sum()) if len(df) else 0
     return {
         "rows_in": rows_in,
         "samples_out": samples_out,
         "quarantined": n_quarantined,
         "quarantine_reasons": quarantined,
-        "reconciled": rows_in == samples_out + n_quarantined,
+        "reconciled": rows_in == samples_out + n_quarantined and duplicate_keys == 0,
+        "duplicate_keys": duplicate_keys,
         "trajectories": len(df),
         "hinted": int(df[c.HINTED].sum()) if len(df) else 0,
         "parse_failures": int(failures["len"].sum()) if failures is not None else 0,
@@ -253,7 +257,11 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     if counts["labelled_trajectories"]:
         print(f"[{job}] correct trajectories {counts['correct']}/{counts['labelled_trajectories']}", file=stream)
     if not counts["reconciled"]:
-        print(f"[{job}] WARNING: counts do not reconcile: {rows_in} in != {counts['samples_out']} out + {counts['quarantined']} quarantined", file=stream)
+        print(
+            f"[{job}] WARNING: counts do not reconcile: {rows_in} in, {counts['samples_out']} out + {counts['quarantined']} "
+            f"quarantined, {counts['duplicate_keys']} duplicate keys",
+            file=stream,
+        )
     print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
     return manifest
 

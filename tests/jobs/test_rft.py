@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, make_rows, write_samples
+from test_sample_job import kill_run
 from jobs import grm_math as gm
 from jobs.rft_filter import verdict_frame
 from schemas import arrow
@@ -178,9 +179,7 @@ def test_rft_resumes_after_sigkill(tiny_model, tmp_path):
     while time.time() < deadline and len(list(traj.glob("part-*.parquet"))) < 2:
         time.sleep(0.2)
     assert proc.poll() is None
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_run(proc)
     assert not (out / "funnel.json").exists()
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr

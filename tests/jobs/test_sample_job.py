@@ -27,6 +27,23 @@ def read_dir(d: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
 
 
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and the local Ray daemons it started (its process group), then wait until
+    every process of its session is gone (workers may finish their in-flight batch first), as a
+    user re-running after a crash would."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.killpg(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        out = subprocess.run(["ps", "-eo", "sid=,stat="], capture_output=True, text=True).stdout.split("\n")
+        alive = [l for l in out if l.split() and l.split()[0] == str(proc.pid) and not l.split()[1].startswith("Z")]
+        if not alive:
+            return
+        time.sleep(0.5)
+    raise AssertionError("processes of the killed run are still alive after 60 s")
+
+
 def bad_rows() -> list[dict]:
     return [
         {"id": "bad-empty", "context": [{"role": "user", "content": "q"}], "responses": [], "labels": []},
@@ -149,9 +166,7 @@ def test_sigkill_resume(tiny_model, tmp_path):
     while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
         time.sleep(0.2)
     assert proc.poll() is None, "the job finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)  # the driver, without warning
-    proc.wait()
-    os.killpg(proc.pid, signal.SIGKILL)  # and the local Ray it had started
+    kill_run(proc)
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     done_before = len({i for p in out.glob("part-*.parquet") for i in pq.read_table(p)[c.ID].to_pylist()})
     assert 0 < done_before < n
@@ -166,7 +181,7 @@ def test_sigkill_resume(tiny_model, tmp_path):
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["this_run"]["resumed_from"] == done_before
     assert manifest["this_run"]["samples"] == n - done_before
-    assert manifest["counts"]["reconciled"]
+    assert manifest["counts"]["reconciled"] and manifest["counts"]["duplicate_keys"] == 0
     assert not list(out.rglob(".tmp-*"))
 
 
