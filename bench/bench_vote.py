@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from _common import finish_child, gib, spawn
 from schemas import arrow
 from schemas import columns as c
 
@@ -160,24 +159,6 @@ def child_baseline(data: str, k: int | None, tie: str, seed: int) -> dict:
     return {"seconds": s, "rows": rows, "counts": counts}
 
 
-def spawn(args: list[str]) -> dict:
-    """Run one child of this script; its result JSON plus its own peak RSS and process wall time."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result = f.name
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--child-result", result, *args], check=True)
-    wall = time.perf_counter() - t0
-    with open(result) as f:
-        r = json.load(f)
-    os.unlink(result)
-    r["process_wall_s"] = wall
-    return r
-
-
-def gib(kib: float) -> str:
-    return f"{kib / 2**20:.2f} GiB"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=10_000_000, help="trajectory rows to generate and vote")
@@ -202,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             r = child_vote(a.data, a.out, a.k, a.tie, a.chunk_rows)
         else:
             r = child_baseline(a.data, a.k, a.tie, a.seed)
-        r["peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        with open(a.child_result, "w") as f:
-            json.dump(r, f)
-        return 0
+        return finish_child(a.child_result, r)
 
     load0 = os.getloadavg()
     tmp = tempfile.TemporaryDirectory(prefix="bench_vote_") if not a.workdir else None
@@ -228,11 +206,11 @@ def main(argv: list[str] | None = None) -> int:
 
     common = ["--k", str(a.k), "--tie", a.tie, "--seed", str(a.seed), "--chunk-rows", str(a.chunk_rows)]
     print("running vote (all rows) ...", file=sys.stderr)
-    full = spawn(["--child", "vote", "--data", str(work / "full"), "--out", str(work / "votes_full"), *common])
+    full = spawn(__file__, ["--child", "vote", "--data", str(work / "full"), "--out", str(work / "votes_full"), *common])
     print("running vote (subset) ...", file=sys.stderr)
-    ours = spawn(["--child", "vote", "--data", str(subset), "--out", str(work / "votes_subset"), *common])
+    ours = spawn(__file__, ["--child", "vote", "--data", str(subset), "--out", str(work / "votes_subset"), *common])
     print("running plain-Python baseline (subset) ...", file=sys.stderr)
-    base = spawn(["--child", "baseline", "--data", str(subset), *common])
+    base = spawn(__file__, ["--child", "baseline", "--data", str(subset), *common])
 
     for r in (full, ours, base):
         r["rows_per_s"] = r["rows"] / r["seconds"]

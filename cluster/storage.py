@@ -92,6 +92,41 @@ def write_parquet_atomic(fs, path: str, table, schema=None) -> None:
             pq.write_table(table, f)
 
 
+class ParquetShardWriter:
+    """One Parquet file written row group by row group, visible only once closed (same atomicity
+    as ``write_parquet_atomic``), so a large shard never has to be in memory at once."""
+
+    def __init__(self, fs, path: str, schema):
+        import pyarrow.parquet as pq
+
+        self.fs, self.path, self.schema = fs, path, schema
+        parent = posixpath.dirname(path)
+        fs.makedirs(parent, exist_ok=True)
+        self.rows = 0
+        if is_local(fs):
+            self._tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            self._writer = pq.ParquetWriter(self._tmp, schema)
+            self._file = None
+        else:
+            self._tmp = None
+            self._file = fs.open(path, "wb")
+            self._writer = pq.ParquetWriter(self._file, schema)
+
+    def write(self, table) -> None:
+        if len(table):
+            self._writer.write_table(table.cast(self.schema))
+            self.rows += len(table)
+
+    def close(self) -> None:
+        self._writer.close()
+        if self._file is not None:
+            self._file.close()
+        elif self.rows:
+            os.replace(self._tmp, self.path)
+        else:
+            os.remove(self._tmp)  # an empty shard is not written at all
+
+
 def write_text_atomic(fs, path: str, text: str) -> None:
     parent = posixpath.dirname(path)
     fs.makedirs(parent, exist_ok=True)

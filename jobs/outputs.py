@@ -77,6 +77,14 @@ class OutputDir:
             raise ValueError("no files to read")
         return ds.dataset(files, filesystem=storage.arrow_filesystem(self.fs), format="parquet").to_table(columns=columns)
 
+    def read_polars(self, files: list[str], columns: list[str]):
+        """The files as one polars DataFrame: polars' own reader locally, pyarrow over fsspec otherwise."""
+        import polars as pl
+
+        if storage.is_local(self.fs):
+            return pl.read_parquet(files, columns=columns)
+        return pl.from_arrow(self.read(files, columns))
+
     def prepare(self, settings: dict[str, Any], overwrite: bool = False) -> pa.Array:
         """Make the directory ready for a (re)run; return the ids already done.
 
@@ -172,6 +180,29 @@ def duplicate_input_ids(fs, files: list[str]) -> frozenset[str]:
     counts = pc.value_counts(pc.drop_null(pa.concat_arrays(arrays)))
     dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     return frozenset(dup.to_pylist())
+
+
+class SeenIds:
+    """Sample ids met in earlier chunks, as 64-bit hashes (8 bytes per sample, not a set of strings),
+    to refuse a sample whose rows are spread over two chunks."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._sorted = np.empty(0, dtype=np.uint64)
+
+    def add(self, ids) -> str | None:
+        """Record a chunk's ids (a polars Series); return one that an earlier chunk had, if any."""
+        np = self._np
+        h = ids.hash(seed=0).to_numpy()
+        if len(self._sorted):
+            at = np.searchsorted(self._sorted, h).clip(max=len(self._sorted) - 1)
+            hit = self._sorted[at] == h
+            if hit.any():
+                return ids.filter(hit).item(0)
+        self._sorted = np.sort(np.concatenate([self._sorted, h]))
+        return None
 
 
 class Timer:

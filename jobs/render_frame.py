@@ -60,7 +60,21 @@ def metarm_prompt() -> pl.Expr:
     )
 
 
-def messages(*turns: tuple[str, pl.Expr]) -> pl.Expr:
-    """A list<struct<role, content>> column from (role, content expression) pairs."""
-    structs = [pl.struct(pl.lit(role).alias(c.ROLE), content.alias(c.CONTENT)) for role, content in turns]
-    return pl.concat_list(structs)
+def chat_array(turns: list[tuple[str, "pa.Array"]]):
+    """A list<struct<role, content>> Arrow array with one chat per row from (role, contents) pairs.
+
+    Built with Arrow offsets and one ``take`` rather than polars' ``concat_list`` of structs,
+    which is several times slower on long strings.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from schemas import arrow
+
+    rows, width = len(turns[0][1]), len(turns)
+    contents = pa.concat_arrays([a.cast(pa.string()) for _, a in turns])
+    order = np.arange(rows * width).reshape(width, rows).T.ravel()  # row-major: turn 0, turn 1, ...
+    roles = pa.array(np.tile(np.array([r for r, _ in turns], dtype=object), rows), pa.string())
+    values = pa.StructArray.from_arrays([roles, contents.take(pa.array(order))], fields=list(arrow.MESSAGE))
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, values)

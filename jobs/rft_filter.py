@@ -30,7 +30,7 @@ import polars as pl
 
 from jobs import grm_math
 from jobs.config import add_arguments, check, opt, to_dict
-from jobs.outputs import OutputDir, Timer, package_versions
+from jobs.outputs import OutputDir, SeenIds, Timer, package_versions
 from schemas import arrow
 from schemas import columns as c
 from schemas.errors import TribunalError
@@ -49,13 +49,15 @@ class RftFilterConfig:
     hint: str = opt("auto", "hinted trajectories kept: auto (only for samples with no correct one), always, never", choices=grm_math.HINT_MODES)
     metarm_include_hinted: bool = opt(False, "also put hinted trajectories in the meta-RM corpus")
     template: str | None = opt(None, "template the trajectories were sampled with (default: read from the input's _run.json)")
-    chunk_rows: int = opt(2_000_000, "trajectory rows processed per chunk (bounds memory)")
+    chunk_rows: int = opt(1_000_000, "trajectory rows read per chunk (bounds memory)")
+    render_rows: int = opt(20_000, "rows rendered and written at a time (prompts are long: bounds memory)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
         check(bool(self.output), "output", "is required")
         check(self.hint in grm_math.HINT_MODES, "hint", f"must be one of {grm_math.HINT_MODES}, got {self.hint!r}")
         check(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
+        check(self.render_rows >= 1, "render_rows", f"must be >= 1, got {self.render_rows}")
 
 
 def verdict_frame(traj: pl.DataFrame, mode: str) -> pl.DataFrame:
@@ -89,8 +91,10 @@ def _hint_suffixes(hinted: pl.DataFrame, template) -> pl.Series:
     return pl.Series("_hint", out, dtype=pl.String)
 
 
-def sft_frame(t: pl.DataFrame, template) -> pl.DataFrame:
+def sft_table(t: pl.DataFrame, template) -> "pa.Table":
     """Accepted trajectories as chat SFT rows (``arrow.SFT``)."""
+    import pyarrow as pa
+
     from jobs import render_frame as rf
 
     acc = t.filter(pl.col(c.VERDICT) == "accepted")
@@ -99,26 +103,29 @@ def sft_frame(t: pl.DataFrame, template) -> pl.DataFrame:
     if hinted_mask.any():
         suffix = _hint_suffixes(acc.filter(hinted_mask), template)
         hint = hint.scatter(hinted_mask.arg_true(), suffix)
-    acc = acc.with_columns(hint)
     prompt = pl.concat_str([rf.grm_prompt(template), pl.col("_hint").fill_null("")])
-    return acc.select(
-        c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION,
-        rf.messages(("user", prompt)).alias(c.PROMPT_MESSAGES),
-        pl.col(c.TEXT).alias(c.COMPLETION),
-        rf.messages(("user", prompt), ("assistant", pl.col(c.TEXT))).alias(c.MESSAGES),
-    )
+    out = acc.with_columns(hint).select(c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, prompt.alias("_prompt"), c.TEXT).to_arrow()
+    chat = rf.chat_array([("user", out["_prompt"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())])
+    return pa.table(
+        {c.ID: out[c.ID], c.SAMPLE_INDEX: out[c.SAMPLE_INDEX], c.HINTED: out[c.HINTED],
+         c.PERMUTATION: out[c.PERMUTATION], c.MESSAGES: chat, c.COMPLETION: out[c.TEXT]}
+    ).cast(arrow.SFT)
 
 
-def metarm_frame(t: pl.DataFrame, include_hinted: bool) -> pl.DataFrame:
+def metarm_table(t: pl.DataFrame, include_hinted: bool) -> "pa.Table":
     """Meta-RM rows (``arrow.METARM``): label 1 iff the trajectory is correct (SPEC section 3)."""
+    import pyarrow as pa
+
     from jobs import render_frame as rf
 
     rows = t if include_hinted else t.filter(~pl.col(c.HINTED))
-    return rows.select(
-        c.ID, c.SAMPLE_INDEX, c.HINTED,
-        rf.messages(("user", rf.metarm_prompt()), ("assistant", pl.col(c.TEXT))).alias(c.MESSAGES),
-        pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL),
-    )
+    out = rows.select(
+        c.ID, c.SAMPLE_INDEX, c.HINTED, rf.metarm_prompt().alias("_prompt"), c.TEXT, pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL)
+    ).to_arrow()
+    chat = rf.chat_array([("user", out["_prompt"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())])
+    return pa.table(
+        {c.ID: out[c.ID], c.SAMPLE_INDEX: out[c.SAMPLE_INDEX], c.HINTED: out[c.HINTED], c.MESSAGES: chat, c.LABEL: out[c.LABEL]}
+    ).cast(arrow.METARM)
 
 
 def _template_of(src: OutputDir, explicit: str | None):
@@ -143,6 +150,8 @@ def _count_into(acc: dict, series: pl.Series) -> None:
 
 
 def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
+    import pyarrow.compute as pc
+
     from cluster import storage
     from jobs.progress import fmt_duration
     from jobs.stages import shard_name
@@ -173,39 +182,49 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     hinted_kept = 0
     labels_balance = {"0": 0, "1": 0}
     sft_rows = metarm_rows = n_traj = 0
-    seen: set[str] = set()
+    seen = SeenIds()
+    samples = 0
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
     for i, chunk in enumerate(chunks):
-        traj = pl.from_arrow(src.read(chunk, list(FILTER_INPUT)))
+        traj = src.read_polars(chunk, list(FILTER_INPUT))
         unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
         if len(unlabelled):
             raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
         t = verdict_frame(traj, cfg.hint)
-        ids = t[c.ID].unique().to_list()
-        if seen.intersection(ids):
-            raise TribunalError(f"a sample has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
-        seen.update(ids)
-        per_sample = t.group_by(c.ID).agg(pl.col(c.OUTCOME).first(), (pl.col(c.VERDICT) == "accepted").sum().alias("_n"))
+        per_sample = t.group_by(c.ID, maintain_order=True).agg(
+            pl.col(c.OUTCOME).first(), (pl.col(c.VERDICT) == "accepted").sum().alias("_n")
+        )
+        dup = seen.add(per_sample[c.ID])
+        if dup is not None:
+            raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
+        samples += len(per_sample)
+        ids = per_sample[c.ID]
         _count_into(outcomes, per_sample[c.OUTCOME])
         for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("_n").len().iter_rows():
             accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
         _count_into(verdicts, t[c.VERDICT])
         hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
-        s, m = sft_frame(t, template), metarm_frame(t, cfg.metarm_include_hinted)
-        name = shard_name(sorted(ids)[:1] + sorted(ids)[-1:] + [str(len(ids))])
-        if len(s):
-            storage.write_parquet_atomic(sft.fs, storage.join(sft.path, name), s.to_arrow(), arrow.SFT)
-        if len(m):
-            storage.write_parquet_atomic(metarm.fs, storage.join(metarm.path, name), m.to_arrow(), arrow.METARM)
-        labels_balance["1"] += int(m[c.LABEL].sum())
-        labels_balance["0"] += len(m) - int(m[c.LABEL].sum())
-        sft_rows, metarm_rows, n_traj = sft_rows + len(s), metarm_rows + len(m), n_traj + len(t)
-        print(f"[{job}] chunk {i + 1}/{len(chunks)}: {len(seen)} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
+        name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
+        sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT)
+        meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM)
+        # Rendered prompts are ~k times the size of the input: render and write a slice at a time.
+        for lo in range(0, len(t), cfg.render_rows):
+            part = t.slice(lo, cfg.render_rows)
+            m = metarm_table(part, cfg.metarm_include_hinted)
+            sft_out.write(sft_table(part, template))
+            meta_out.write(m)
+            ones = int(pc.sum(m[c.LABEL]).as_py() or 0)
+            labels_balance["1"] += ones
+            labels_balance["0"] += len(m) - ones
+        sft_out.close()
+        meta_out.close()
+        sft_rows, metarm_rows, n_traj = sft_rows + sft_out.rows, metarm_rows + meta_out.rows, n_traj + len(t)
+        print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
     timer.mark("filtered")
 
     invalid = sum(src.quarantine_counts().values())
     outcomes["invalid"] = invalid
-    rows_in = len(seen) + invalid
+    rows_in = samples + invalid
     manifest_path = storage.join(src.path, "_manifest.json")
     if src.fs.exists(manifest_path):
         with src.fs.open(manifest_path, "r") as f:

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from jobs import grm_math
 from jobs.config import add_arguments, check, opt, to_dict
-from jobs.outputs import OutputDir, Timer, package_versions
+from jobs.outputs import OutputDir, SeenIds, Timer, package_versions
 from schemas import arrow
 from schemas import columns as c
 from schemas.errors import TribunalError
@@ -59,53 +59,63 @@ class VoteConfig:
 def vote_frame(traj, k: int | None, seed: int, tie: str):
     """Vote a polars DataFrame of trajectories holding whole samples -> one row per sample.
 
-    Vectorised except for the seeded tie-break, which runs in Python for tied samples only.
-    Agrees with ``grm_math.vote`` and ``grm_math.vote_credit`` row for row (tested).
+    "The first k by sample_index" is ``sample_index < k``: ``sample`` numbers a sample's
+    non-hinted trajectories 0..K-1. Totals are summed position by position inside one group-by
+    (no explode); only tied samples go through Python, for the seeded tie-break. Agrees with
+    ``grm_math.vote`` and ``grm_math.vote_credit`` row for row (tested).
     """
     import polars as pl
 
-    t = traj.filter(~pl.col(c.HINTED))
-    if k is not None:
-        t = t.filter(pl.col(c.SAMPLE_INDEX).rank("ordinal").over(c.ID) <= k)
-    per_sample = t.group_by(c.ID).agg(
+    keep = ~pl.col(c.HINTED) if k is None else ~pl.col(c.HINTED) & (pl.col(c.SAMPLE_INDEX) < k)
+    width = int(traj[c.N_RESPONSES].max() or 0)
+    t = traj.lazy().filter(keep)
+    pos = range(width)
+    per_sample = [
+        pl.col(c.ID).first(),
         pl.col(c.N_RESPONSES).first(),
         pl.len().cast(pl.Int32).alias(c.K),
-        pl.col(c.SCORES).is_not_null().sum().cast(pl.Int32).alias(c.VALID),
+        pl.col("_ok").sum().cast(pl.Int32).alias(c.VALID),
         pl.col(c.LABELS).first(),
+        *[pl.col(f"_s{i}").sum().alias(f"_t{i}") for i in pos],
+    ]
+    t = t.with_columns(
+        pl.col(c.ID).rle_id().alias("_run"),
+        pl.col(c.SCORES).is_not_null().alias("_ok"),
+        *[pl.col(c.SCORES).list.get(i, null_on_oob=True).cast(pl.Int64).alias(f"_s{i}") for i in pos],
     )
-    voters = (
-        t.filter(pl.col(c.SCORES).is_not_null())
-        .select(c.ID, c.SCORES)
-        .with_columns(pl.int_ranges(pl.col(c.SCORES).list.len()).alias("_pos"))
-        .explode(c.SCORES, "_pos")
-    )
-    totals = (
-        voters.group_by(c.ID, "_pos")
-        .agg(pl.col(c.SCORES).cast(pl.Int64).sum())
-        .sort(c.ID, "_pos")
-        .group_by(c.ID, maintain_order=True)
-        .agg(pl.col(c.SCORES).alias(c.TOTALS))
-    )
-    v = per_sample.join(totals, on=c.ID, how="left").with_columns(
-        pl.col(c.TOTALS).list.max().alias("_top"),
-    )
+    # `sample` writes a sample's rows next to each other, so runs of equal ids are the samples and
+    # grouping by run is cheap; fall back to grouping by id when a sample's rows are scattered.
+    v = t.group_by("_run", maintain_order=True).agg(per_sample).collect()
+    if v[c.ID].is_duplicated().any():
+        v = t.group_by(c.ID, maintain_order=True).agg(per_sample[1:]).collect()
+    # Positions past a sample's own n do not exist: mask them out of max and argmax.
+    tot = [pl.when(pl.col(c.N_RESPONSES) > i).then(pl.col(f"_t{i}")) for i in pos]
+    v = v.with_columns(pl.max_horizontal(tot).alias("_top"))
+    hit = [(pl.col(c.N_RESPONSES) > i) & (pl.col(f"_t{i}") == pl.col("_top")) for i in pos]
+    first = pl.lit(None, pl.Int32)
+    for i in reversed(pos):
+        first = pl.when(hit[i]).then(pl.lit(i, pl.Int32)).otherwise(first)
+    voted = pl.col(c.VALID) > 0
+    # Truth: the unique top label; samples with n = 1, no labels or a shared top label get no verdict.
+    top_label = pl.col(c.LABELS).list.max()
+    label_unique = pl.sum_horizontal(
+        [(pl.col(c.LABELS).list.get(i, null_on_oob=True) == top_label).cast(pl.Int32) for i in pos]
+    ) == 1
+    truth = pl.when(label_unique & (pl.col(c.N_RESPONSES) >= 2)).then(pl.col(c.LABELS).list.arg_max())
     v = v.with_columns(
-        pl.col(c.TOTALS).list.eval((pl.element() == pl.element().max()).cast(pl.Int32)).list.sum().alias("_leaders"),
-        pl.col(c.TOTALS).list.arg_max().cast(pl.Int32).alias(c.BEST),
-    ).with_columns(pl.col("_leaders").fill_null(0).gt(1).alias(c.TIED))
-    tied = v.filter(pl.col(c.TIED))
-    if len(tied):
+        pl.when(voted).then(pl.concat_list([pl.col(f"_t{i}") for i in pos]).list.head(pl.col(c.N_RESPONSES))).alias(c.TOTALS),
+        pl.when(voted).then(first).alias(c.BEST),
+        (voted & (pl.sum_horizontal([h.cast(pl.Int32) for h in hit]) > 1)).alias(c.TIED),
+        truth.cast(pl.Int32).alias("_truth"),
+    )
+    tied_at = v[c.TIED].arg_true()
+    if len(tied_at):
+        tied = v[tied_at]
         picks = [
             grm_math.tie_break(seed, sid, [i for i, x in enumerate(tot) if x == max(tot)], n)
             for sid, tot, n in zip(tied[c.ID].to_list(), tied[c.TOTALS].to_list(), tied[c.N_RESPONSES].to_list())
         ]
-        fix = pl.DataFrame({c.ID: tied[c.ID], "_pick": pl.Series(picks, dtype=pl.Int32)})
-        v = v.join(fix, on=c.ID, how="left").with_columns(pl.coalesce("_pick", c.BEST).alias(c.BEST)).drop("_pick")
-    # Truth: the unique top label; samples with n = 1, no labels or a shared top label get no verdict.
-    label_top = pl.col(c.LABELS).list.max()
-    label_unique = pl.col(c.LABELS).list.eval((pl.element() == pl.element().max()).cast(pl.Int32)).list.sum() == 1
-    truth = pl.when(label_unique & (pl.col(c.N_RESPONSES) >= 2)).then(pl.col(c.LABELS).list.arg_max())
-    v = v.with_columns(truth.cast(pl.Int32).alias("_truth"), label_top.alias("_ltop"))
+        v = v.with_columns(v[c.BEST].scatter(tied_at, pl.Series(picks, dtype=pl.Int32)))
     judged = pl.col("_truth").is_not_null()
     abstain = pl.col(c.BEST).is_null()
     correct = pl.when(judged).then(pl.when(abstain).then(False).otherwise(pl.col(c.BEST) == pl.col("_truth")))
@@ -123,7 +133,7 @@ def vote_frame(traj, k: int | None, seed: int, tie: str):
     else:
         credit = pl.when(abstain | pl.col(c.TIED)).then(0.0).otherwise(correct.cast(pl.Float64))
     v = v.with_columns(correct.alias(c.CORRECT), pl.when(judged).then(credit).alias(c.CREDIT))
-    return v.select([f.name for f in arrow.VOTE]).sort(c.ID)
+    return v.select([f.name for f in arrow.VOTE])
 
 
 def to_arrow_votes(df) -> pa.Table:
@@ -173,21 +183,22 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
         for p in out.parts():
             out.fs.rm(p)
     out.fs.makedirs(out.path, exist_ok=True)
-    seen: set[str] = set()
+    seen = SeenIds()
     totals = {"samples": 0, "trajectories": 0, "valid": 0, "abstained": 0, "tied": 0, "judged": 0, "credit": 0.0, "correct": 0}
     chunks = chunk_files(in_fs, files, cfg.chunk_rows)
     for i, chunk in enumerate(chunks):
-        traj = pl.from_arrow(src.read(chunk, list(VOTE_INPUT)))
+        traj = src.read_polars(chunk, list(VOTE_INPUT))
         votes = vote_frame(traj, cfg.k, cfg.seed, cfg.tie)
-        ids = votes[c.ID].to_list()
-        dup = seen.intersection(ids)
-        if dup:
+        dup = seen.add(votes[c.ID])
+        if dup is not None:
             raise TribunalError(
-                f"sample {sorted(dup)[0]!r} has trajectories in more than one chunk of {cfg.input}: "
+                f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: "
                 "vote needs each sample's trajectories in one shard (as `sample` writes them)"
             )
-        seen.update(ids)
-        storage.write_parquet_atomic(out.fs, storage.join(out.path, shard_name(ids[:1] + ids[-1:] + [str(len(ids))])), to_arrow_votes(votes), arrow.VOTE)
+        ids = votes[c.ID]
+        name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))]) if len(ids) else f"part-empty-{i}.parquet"
+        if len(ids):
+            storage.write_parquet_atomic(out.fs, storage.join(out.path, name), to_arrow_votes(votes), arrow.VOTE)
         totals["samples"] += len(votes)
         totals["trajectories"] += int(votes[c.K].sum())
         totals["valid"] += int(votes[c.VALID].sum())

@@ -56,9 +56,9 @@ SFT = pa.schema(
         pa.field(c.SAMPLE_INDEX, pa.int32(), nullable=False),
         pa.field(c.HINTED, pa.bool_(), nullable=False),
         pa.field(c.PERMUTATION, pa.list_(pa.int32()), nullable=False),
-        pa.field(c.PROMPT_MESSAGES, pa.list_(MESSAGE), nullable=False),
-        pa.field(c.COMPLETION, pa.string(), nullable=False),
+        # messages[:-1] is the prompt exactly as the GRM saw it; messages[-1] the assistant's completion
         pa.field(c.MESSAGES, pa.list_(MESSAGE), nullable=False),
+        pa.field(c.COMPLETION, pa.string(), nullable=False),
     ]
 )
 

@@ -32,9 +32,8 @@ VERDICT = "verdict"  # "accepted", or why the trajectory was rejected (arrow.REJ
 OUTCOME = "outcome"  # the sample's funnel outcome (arrow.OUTCOMES)
 
 # --- SFT and meta-RM corpora ---
-PROMPT_MESSAGES = "prompt_messages"  # the chat messages exactly as the model saw them
 COMPLETION = "completion"  # the trajectory text the model wrote
-MESSAGES = "messages"  # prompt_messages + the completion as the assistant turn
+MESSAGES = "messages"  # the chat as the model saw it, then the completion as the assistant turn
 LABEL = "label"  # meta-RM target: 1 if the trajectory is correct (SPEC section 3), else 0
 
 # --- vote (one sample after k-way voting) ---

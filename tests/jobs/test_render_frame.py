@@ -39,6 +39,7 @@ def test_grm_prompt_matches_protocol(name):
 def test_metarm_prompt_and_messages_match_protocol():
     rows = frame(2)
     df = pl.DataFrame(rows).with_columns(pl.lit("the critique").alias(c.TEXT))
-    got = df.select(rf.messages(("user", rf.metarm_prompt()), ("assistant", pl.col(c.TEXT))).alias("m"))["m"].to_list()
+    out = df.select(rf.metarm_prompt().alias("p"), c.TEXT).to_arrow()
+    got = rf.chat_array([("user", out["p"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())]).to_pylist()
     want = [build_metarm_messages(r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]], "the critique") for r in rows]
     assert got == want

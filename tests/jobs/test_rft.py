@@ -138,7 +138,7 @@ def test_rft_job_end_to_end(ray_local, tiny_model, tmp_path):
         t = accepted[(r[c.ID], r[c.SAMPLE_INDEX], r[c.HINTED])]
         view = [t[c.RESPONSES][i] for i in t[c.PERMUTATION]]
         hint = gm.invert_permutation(t[c.PERMUTATION])[gm.unique_argmax(t[c.LABELS])] + 1 if t[c.HINTED] else None
-        assert r[c.PROMPT_MESSAGES] == build_messages(tpl, t[c.CONTEXT], view, hint=hint)
+        assert r[c.MESSAGES][:-1] == build_messages(tpl, t[c.CONTEXT], view, hint=hint)
         assert r[c.COMPLETION] == t[c.TEXT] and r[c.MESSAGES][-1] == {"role": "assistant", "content": t[c.TEXT]}
     # Meta-RM: one row per non-hinted trajectory, label = correct.
     nonhinted = {(r[c.ID], r[c.SAMPLE_INDEX]): r for r in traj.to_pylist() if not r[c.HINTED]}
@@ -151,7 +151,7 @@ def test_rft_job_end_to_end(ray_local, tiny_model, tmp_path):
 
     # rft-filter reproduces rft's corpora from its trajectories; other rules need no regeneration.
     again = tmp_path / "refilter"
-    run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(again), hint="auto"))
+    run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(again), hint="auto", render_rows=7))
     assert sorted_rows(read_dir(again / "sft")) == sorted_rows(sft)
     assert sorted_rows(read_dir(again / "metarm")) == sorted_rows(metarm)
     never = run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(tmp_path / "never"), hint="never"))
