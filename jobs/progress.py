@@ -33,16 +33,29 @@ class Progress:
         self.samples = 0
         self.rows = 0
         self.failures = 0
-        self._printed = ""
+        self.tokens = 0
+        self._printed: tuple[int, int] | None = None  # (samples, rows) at the last line
+        self._first: tuple[float, int] | None = None  # (time, rows) when the first shard landed
+        self._last_t = 0.0
 
-    def update(self, samples: int, rows: int, failures: int) -> None:
+    def update(self, samples: int, rows: int, failures: int, tokens: int = 0) -> None:
         self.samples += samples
         self.rows += rows
         self.failures += failures
+        self.tokens += tokens
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, self.rows)
+        self._last_t = now
         if now - self.last >= self.every_s:
             self.last = now
             self.print()
+
+    def steady_rate(self) -> float | None:
+        """Rows/s between the first and the last shard: the pace once engines are up."""
+        if self._first is None or self._last_t <= self._first[0]:
+            return None
+        return (self.rows - self._first[1]) / (self._last_t - self._first[0])
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
@@ -58,7 +71,6 @@ class Progress:
         )
 
     def print(self) -> None:
-        line = self.line()
-        if line != self._printed:  # the final call repeats nothing already shown
-            print(line, file=self.stream, flush=True)
-            self._printed = line
+        if self._printed != (self.samples, self.rows):  # the final call repeats nothing already shown
+            print(self.line(), file=self.stream, flush=True)
+            self._printed = (self.samples, self.rows)

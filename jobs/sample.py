@@ -161,7 +161,7 @@ def execute(stages: list[StagePlan], files: list[str], in_fs, progress) -> None:
         ds = st.apply(ds)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():
-            progress.update(row["samples"], row["rows"], row["parse_failures"])
+            progress.update(row["samples"], row["rows"], row["parse_failures"], row["completion_tokens"])
 
 
 def summarize(out: OutputDir, rows_in: int) -> dict:
@@ -224,6 +224,8 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     timer.mark("generated")
     counts = summarize(out, rows_in)
     timer.mark("summarized")
+    gen_s = max(timer.marks["generated"] - timer.marks["prepared"], 1e-9)
+    steady = progress.steady_rate()
     elapsed = time.time() - timer.start
     manifest = {
         "job": job,
@@ -238,12 +240,13 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
         "this_run": {"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},
         "timings_s": timer.marks,
         "throughput": {
-            "trajectories_per_s": round(progress.rows / max(timer.marks["generated"] - timer.marks["prepared"], 1e-9), 3),
-            "completion_tokens_per_s": None,
+            # This run's generation phase, engine start-up included ...
+            "trajectories_per_s": round(progress.rows / gen_s, 3),
+            "completion_tokens_per_s": round(progress.tokens / gen_s, 1),
+            # ... and the pace between the first and the last shard, once the engines run.
+            "steady_trajectories_per_s": round(steady, 3) if steady is not None else None,
         },
     }
-    gen_s = max(timer.marks["generated"] - timer.marks["prepared"], 1e-9)
-    manifest["throughput"]["completion_tokens_per_s"] = round(counts["completion_tokens"] / gen_s, 1) if progress.rows else 0.0
     path = out.write_manifest(manifest)
     q = counts["quarantine_reasons"]
     print(
