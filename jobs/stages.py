@@ -96,12 +96,18 @@ def validate_stage(
     valid, unusable = split_unusable(valid, n_range, require_labels)
     if len(unusable):
         quarantined = pa.concat_tables([quarantined, unusable])
+    if len(quarantined):
+        # A row too broken to derive an id from still needs a key, or a resumed run would
+        # quarantine it twice: the hash of its raw JSON.
+        raw_keys = [f"raw-{hashlib.blake2b(r.encode(), digest_size=8).hexdigest()}" for r in quarantined[c.RAW].to_pylist()]
+        quarantined = quarantined.set_column(
+            quarantined.schema.get_field_index(c.ID), arrow.QUARANTINE.field(c.ID), pc.coalesce(quarantined[c.ID], pa.array(raw_keys))
+        )
     if len(done_ids):
         valid = valid.filter(pc.invert(pc.is_in(valid[c.ID], value_set=done_ids)))
-        keep = pc.or_(pc.is_null(quarantined[c.ID]), pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))
-        quarantined = quarantined.filter(keep)
+        quarantined = quarantined.filter(pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))
     if len(quarantined):
-        ids = [str(x) for x in quarantined[c.ID].to_pylist()] + [str(x) for x in quarantined[c.RAW].to_pylist()]
+        ids = quarantined[c.ID].to_pylist() + quarantined[c.RAW].to_pylist()
         write_parquet_atomic(fs, join(quarantine_dir, shard_name(ids)), quarantined, arrow.QUARANTINE)
     return valid
 

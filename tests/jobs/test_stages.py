@@ -29,3 +29,25 @@ def test_split_unusable_quarantines_wrong_n_and_missing_labels():
 def test_shard_name_is_deterministic():
     assert shard_name(["a", "b"]) == shard_name(["a", "b"]) != shard_name(["b", "a"])
     assert shard_name(["a"]).startswith("part-") and shard_name(["a"]).endswith(".parquet")
+
+
+def test_validate_stage_keys_every_quarantined_row_and_skips_done_ids(tmp_path):
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from jobs.stages import validate_stage
+
+    raw = pa.Table.from_pylist([
+        {"responses": None, "prompt": None},  # nothing to derive an id from
+        {"responses": ["a", "b"], "prompt": "q"},
+    ])
+    kwargs = dict(need_unique_max=True, n_range=(1, None), require_labels=False, duplicate_ids=frozenset(),
+                  quarantine_dir=str(tmp_path / "q"), fs=fsspec.filesystem("file"))
+    valid = validate_stage(raw, done_ids=pa.array([], pa.string()), **kwargs)
+    assert valid.num_rows == 1
+    q = pq.read_table(tmp_path / "q")
+    assert q.num_rows == 1 and q[c.ID][0].as_py().startswith("raw-")
+    # A resumed run: both ids are done, nothing is redone or quarantined twice.
+    done = pa.array([valid[c.ID][0].as_py(), q[c.ID][0].as_py()])
+    again = validate_stage(raw, done_ids=done, **kwargs)
+    assert again.num_rows == 0 and pq.read_table(tmp_path / "q").num_rows == 1
