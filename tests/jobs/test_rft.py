@@ -157,6 +157,9 @@ def test_rft_job_end_to_end(ray_local, tiny_model, tmp_path):
     never = run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(tmp_path / "never"), hint="never"))
     assert not any(read_dir(tmp_path / "never" / "sft")[c.HINTED].to_pylist())
     assert never["funnel"]["reconciled"] and never["funnel"]["hinted_kept"] == 0
+    with_hinted = run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(tmp_path / "wh"), metarm_include_hinted=True))
+    assert with_hinted["funnel"]["metarm_rows"] == traj.num_rows and sum(traj[c.HINTED].to_pylist()) > 0
+    assert sum(read_dir(tmp_path / "wh" / "metarm")[c.HINTED].to_pylist()) == sum(traj[c.HINTED].to_pylist())
 
     # Deterministic: same input, model, seed and options give the same corpora.
     out2 = tmp_path / "rft_run2"
