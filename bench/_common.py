@@ -33,5 +33,30 @@ def finish_child(result_path: str, r: dict) -> int:
     return 0
 
 
+def add_child_args(p, choices: tuple[str, ...]) -> None:
+    """The hidden options a bench script's children are started with, and the shared ones."""
+    import argparse
+
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", help="where shards go (default: a temp dir, removed)")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--child", choices=choices, help=argparse.SUPPRESS)
+    p.add_argument("--child-result", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+
+
+def link_subset(files, dest, rows: int) -> int:
+    """Hard-link the first whole shards holding at least ``rows`` rows into ``dest``; rows linked."""
+    dest.mkdir(exist_ok=True)
+    linked = 0
+    for f, r in files:
+        if linked >= rows:
+            break
+        os.link(f, dest / f.name)
+        linked += r
+    return linked
+
+
 def gib(kib: float) -> str:
     return f"{kib / 2**20:.2f} GiB"

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from _common import finish_child, gib, spawn
+from _common import add_child_args, finish_child, gib, link_subset, spawn
 from bench_vote import make_shard
 from schemas import arrow
 from schemas import columns as c
@@ -132,13 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-rows", type=int, default=250_000, help="non-hinted rows per Parquet shard")
     p.add_argument("--fail-rate", type=float, default=0.10, help="share of trajectories that failed to parse")
     p.add_argument("--chunk-rows", type=int, default=None, help="RftFilterConfig.chunk_rows (default: the job's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", help="where shards go (default: a temp dir, removed)")
-    p.add_argument("--json", help="write the figures to this JSON file")
-    p.add_argument("--child", choices=("ours", "baseline"), help=argparse.SUPPRESS)
-    p.add_argument("--child-result", help=argparse.SUPPRESS)
-    p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
+    add_child_args(p, ("ours", "baseline"))
     a = p.parse_args(argv)
     if a.child:
         from jobs.rft_filter import RftFilterConfig
@@ -155,14 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = sum(r for _, r in files)
     print(f"generated {rows:,} trajectory rows in {len(files)} shards in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     subset = work / "subset"
-    subset.mkdir(exist_ok=True)
+    sub_rows = link_subset(files, subset, a.baseline_rows)
     (subset / "_run.json").write_text((work / "full" / "_run.json").read_text())
-    sub_rows = 0
-    for f, r in files:
-        if sub_rows >= a.baseline_rows:
-            break
-        os.link(f, subset / f.name)
-        sub_rows += r
     extra = ["--chunk-rows", str(a.chunk_rows)] if a.chunk_rows else []
     print("running rft-filter (all rows) ...", file=sys.stderr)
     full = spawn(__file__, ["--child", "ours", "--data", str(work / "full"), "--out", str(work / "out_full"), *extra])

@@ -35,18 +35,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def make_rows(count: int, n: int = 2, labelled: bool = True, prefix: str = "s") -> list[dict]:
-    """Small, deterministic reward samples with a unique best response each (as tests/conftest.py)."""
-    rows = []
-    for i in range(count):
-        responses = [f"Answer {j} to question {i}: " + "word " * (j + 1) for j in range(n)]
-        row = {"id": f"{prefix}{i:04d}", "context": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}], "responses": responses}
-        if labelled:
-            best = i % n
-            row["labels"] = [1.0 if j == best else 0.0 for j in range(n)]
-        rows.append(row)
-    return rows
+from jobs.demo import synthetic_rows
 
 
 def run_job(cfg) -> tuple[dict, float, float]:
@@ -154,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.workdir or tmp.name)
     inp = work / "in" / "samples.parquet"
     inp.parent.mkdir(parents=True, exist_ok=True)
-    rows = make_rows(a.samples, n=a.n)
+    rows = synthetic_rows(a.samples, n=a.n)
     pq.write_table(pa.Table.from_pylist(rows), inp)
     cfg = SampleConfig(
         input=str(inp), output=str(work / "traj"), model=a.model, k=a.k, engine=a.engine,

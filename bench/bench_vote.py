@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from _common import finish_child, gib, spawn
+from _common import add_child_args, finish_child, gib, link_subset, spawn
 from schemas import arrow
 from schemas import columns as c
 
@@ -169,13 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fail-rate", type=float, default=0.10, help="share of trajectories with null scores")
     p.add_argument("--chunk-rows", type=int, default=2_000_000, help="VoteConfig.chunk_rows")
     p.add_argument("--tie", default="random", choices=("random", "half", "strict"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", help="where shards go (default: a temp dir, removed)")
-    p.add_argument("--json", help="write the figures to this JSON file")
-    p.add_argument("--child", choices=("vote", "baseline"), help=argparse.SUPPRESS)
-    p.add_argument("--child-result", help=argparse.SUPPRESS)
-    p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
+    add_child_args(p, ("vote", "baseline"))
     a = p.parse_args(argv)
 
     if a.child:
@@ -196,13 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generated {rows:,} rows ({rows // a.k:,} samples, n={a.n}, k={a.k}) in {len(files)} shards, "
           f"{size / 2**20:.0f} MiB, in {gen_s:.1f} s", file=sys.stderr)
     subset = work / "subset"
-    subset.mkdir(exist_ok=True)
-    sub_rows = 0
-    for f, r in files:
-        if sub_rows >= a.baseline_rows:
-            break
-        os.link(f, subset / f.name)
-        sub_rows += r
+    sub_rows = link_subset(files, subset, a.baseline_rows)
 
     common = ["--k", str(a.k), "--tie", a.tie, "--seed", str(a.seed), "--chunk-rows", str(a.chunk_rows)]
     print("running vote (all rows) ...", file=sys.stderr)
@@ -227,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     hdr = f"{'':<34} {'rows':>12} {'seconds':>9} {'rows/s':>12} {'peak RSS':>10} {'accuracy':>9}"
     print(hdr)
     print("-" * len(hdr))
-    for name, r in ((f"vote job, all rows", full), ("vote job, common subset", ours), ("plain Python, common subset", base)):
+    for name, r in (("vote job, all rows", full), ("vote job, common subset", ours), ("plain Python, common subset", base)):
         acc = r["counts"]["accuracy"]
         print(f"{name:<34} {r['rows']:>12,} {r['seconds']:>9.2f} {r['rows_per_s']:>12,.0f} {gib(r['peak_rss_kib']):>10} "
               f"{100 * acc:>8.3f}%")

@@ -34,6 +34,19 @@ def demo_rows(count: int = 32, seed: int = 0) -> list[dict]:
     return rows
 
 
+def synthetic_rows(count: int, n: int = 2, labelled: bool = True, prefix: str = "s") -> list[dict]:
+    """Small, deterministic reward samples with a unique best response each (tests and benches)."""
+    rows = []
+    for i in range(count):
+        responses = [f"Answer {j} to question {i}: " + "word " * (j + 1) for j in range(n)]
+        row = {"id": f"{prefix}{i:04d}", "context": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}], "responses": responses}
+        if labelled:
+            best = i % n
+            row["labels"] = [1.0 if j == best else 0.0 for j in range(n)]
+        rows.append(row)
+    return rows
+
+
 def write_demo_samples(path: str | Path, count: int = 32, seed: int = 0) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq

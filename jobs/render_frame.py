@@ -9,11 +9,15 @@ substitution as ``protocol._fill``), and each row is assembled with polars strin
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from jobs.protocol import _ROLE_NAMES, METARM_PREAMBLE, Template
 from schemas import columns as c
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _LETTERS = {i: chr(ord("A") + i - 1) for i in range(1, 27)}
 
@@ -60,7 +64,7 @@ def metarm_prompt() -> pl.Expr:
     )
 
 
-def chat_array(turns: list[tuple[str, "pa.Array"]]):
+def chat_array(turns: list[tuple[str, pa.Array]]):
     """A list<struct<role, content>> Arrow array with one chat per row from (role, contents) pairs.
 
     Built with Arrow offsets and one ``take`` rather than polars' ``concat_list`` of structs,

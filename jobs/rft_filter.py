@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -34,6 +35,9 @@ from jobs.outputs import OutputDir, SeenIds, Timer, package_versions
 from schemas import arrow
 from schemas import columns as c
 from schemas.errors import TribunalError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FILTER_INPUT = (
     c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, c.TEXT, c.PARSE_ERROR, c.LABELS, c.CORRECT, c.CONTEXT, c.RESPONSES,
@@ -91,7 +95,7 @@ def _hint_suffixes(hinted: pl.DataFrame, template) -> pl.Series:
     return pl.Series("_hint", out, dtype=pl.String)
 
 
-def sft_table(t: pl.DataFrame, template) -> "pa.Table":
+def sft_table(t: pl.DataFrame, template) -> pa.Table:
     """Accepted trajectories as chat SFT rows (``arrow.SFT``)."""
     import pyarrow as pa
 
@@ -112,7 +116,7 @@ def sft_table(t: pl.DataFrame, template) -> "pa.Table":
     ).cast(arrow.SFT)
 
 
-def metarm_table(t: pl.DataFrame, include_hinted: bool) -> "pa.Table":
+def metarm_table(t: pl.DataFrame, include_hinted: bool) -> pa.Table:
     """Meta-RM rows (``arrow.METARM``): label 1 iff the trajectory is correct (SPEC section 3)."""
     import pyarrow as pa
 

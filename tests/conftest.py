@@ -13,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from jobs.demo import synthetic_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,17 +24,7 @@ def write_samples(path: Path, rows: list[dict], schema: pa.Schema | None = None)
     return path
 
 
-def make_rows(count: int, n: int = 2, labelled: bool = True, prefix: str = "s") -> list[dict]:
-    """Small, deterministic reward samples with a unique best response each."""
-    rows = []
-    for i in range(count):
-        responses = [f"Answer {j} to question {i}: " + "word " * (j + 1) for j in range(n)]
-        row = {"id": f"{prefix}{i:04d}", "context": [{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}], "responses": responses}
-        if labelled:
-            best = i % n
-            row["labels"] = [1.0 if j == best else 0.0 for j in range(n)]
-        rows.append(row)
-    return rows
+make_rows = synthetic_rows  # the tests' name for it
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import pytest
 from conftest import make_rows, write_samples
 from jobs.engines import EngineConfig, GenerationRequest, SamplingConfig
 from schemas import arrow
-from schemas import columns as c
 
 pytestmark = pytest.mark.gpu
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, make_rows, write_samples
-from test_sample_job import kill_run
+from test_sample_job import run_then_kill
 from jobs import grm_math as gm
 from jobs.rft_filter import verdict_frame
 from schemas import arrow
@@ -175,14 +172,8 @@ def test_rft_resumes_after_sigkill(tiny_model, tmp_path):
     out = tmp_path / "rft_run"
     cmd = [sys.executable, "-m", "jobs.rft", "--input", str(samples), "--output", str(out), "--model", tiny_model,
            "--n-rft", "2", "--batch-size", "2", "--max-tokens", "48", "--hint", "always"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     traj = out / "trajectories"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(traj.glob("part-*.parquet"))) < 2:
-        time.sleep(0.2)
-    assert proc.poll() is None
-    kill_run(proc)
+    env = run_then_kill(cmd, traj)
     assert not (out / "funnel.json").exists()
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr

@@ -27,6 +27,18 @@ def read_dir(d: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
 
 
+def run_then_kill(cmd: list[str], shard_dir: Path, shards: int = 2) -> dict:
+    """Start a job in its own session, SIGKILL it once ``shards`` shards exist; the env to re-run with."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(shard_dir.glob("part-*.parquet"))) < shards:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job finished (or failed) before it could be killed"
+    kill_run(proc)
+    return env
+
+
 def kill_run(proc: subprocess.Popen) -> None:
     """SIGKILL the driver and the local Ray daemons it started (its process group), then wait until
     every process of its session is gone (workers may finish their in-flight batch first), as a
@@ -160,13 +172,7 @@ def test_sigkill_resume(tiny_model, tmp_path):
     out = tmp_path / "traj"
     cmd = [sys.executable, "-m", "jobs.sample", "--input", str(samples), "--output", str(out), "--model", tiny_model,
            "--k", "2", "--batch-size", "2", "--max-tokens", "48"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
-        time.sleep(0.2)
-    assert proc.poll() is None, "the job finished before it could be killed"
-    kill_run(proc)
+    env = run_then_kill(cmd, out)
     survivors = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     done_before = len({i for p in out.glob("part-*.parquet") for i in pq.read_table(p)[c.ID].to_pylist()})
     assert 0 < done_before < n
