@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import sys
 import time
 from dataclasses import dataclass
@@ -132,6 +133,20 @@ def metarm_table(t: pl.DataFrame, include_hinted: bool) -> pa.Table:
     ).cast(arrow.METARM)
 
 
+def bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
+    """``pool.map`` in order, with at most ``ahead`` results pending (``Executor.map`` submits
+    everything at once, so finished slices would pile up in memory)."""
+    from collections import deque
+
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _template_of(src: OutputDir, explicit: str | None):
     from cluster import storage
     from jobs.outputs import RUN_FILE
@@ -189,6 +204,7 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     seen = SeenIds()
     samples = 0
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
+    pool = ThreadPoolExecutor(max_workers=2)
     for i, chunk in enumerate(chunks):
         traj = src.read_polars(chunk, list(FILTER_INPUT))
         unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
@@ -212,10 +228,13 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
         sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT)
         meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM)
         # Rendered prompts are ~k times the size of the input: render and write a slice at a time.
-        for lo in range(0, len(t), cfg.render_rows):
+        # Two slices render at once (polars and pyarrow release the GIL) while one is written.
+        def render(lo: int):
             part = t.slice(lo, cfg.render_rows)
-            m = metarm_table(part, cfg.metarm_include_hinted)
-            sft_out.write(sft_table(part, template))
+            return sft_table(part, template), metarm_table(part, cfg.metarm_include_hinted)
+
+        for s_tab, m in bounded_map(pool, render, range(0, len(t), cfg.render_rows), ahead=2):
+            sft_out.write(s_tab)
             meta_out.write(m)
             ones = int(pc.sum(m[c.LABEL]).as_py() or 0)
             labels_balance["1"] += ones
@@ -224,6 +243,7 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
         meta_out.close()
         sft_rows, metarm_rows, n_traj = sft_rows + sft_out.rows, metarm_rows + meta_out.rows, n_traj + len(t)
         print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
+    pool.shutdown()
     timer.mark("filtered")
 
     invalid = sum(src.quarantine_counts().values())
