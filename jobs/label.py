@@ -48,6 +48,9 @@ def run(cfg: LabelConfig, *, stream=None) -> dict:
     from jobs import sample, vote
 
     sampled = sample.run(cfg.sample_config(), job="label", stream=stream)
+    if sampled["counts"]["trajectories"] == 0:
+        print("[label] nothing to vote on: every input row was quarantined (see the reasons above)", file=stream or sys.stderr)
+        return {"sample": sampled, "vote": None}
     voted = vote.run(cfg.vote_config(), job="label", stream=stream)
     return {"sample": sampled, "vote": voted}
 

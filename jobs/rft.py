@@ -59,6 +59,9 @@ def run(cfg: RftConfig, *, stream=None) -> dict:
     from jobs import rft_filter, sample
 
     sampled = sample.run(cfg.sample_config(), job="rft", stream=stream)
+    if sampled["counts"]["trajectories"] == 0:
+        print("[rft] no corpora: every input row was quarantined (see the reasons above)", file=stream or sys.stderr)
+        return {"sample": sampled, "funnel": None}
     filtered = rft_filter.run(cfg.filter_config(), job="rft", stream=stream)
     return {"sample": sampled, **filtered}
 

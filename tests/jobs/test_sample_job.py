@@ -202,3 +202,13 @@ def test_template_that_cannot_take_n_quarantines_the_sample(ray_local, tiny_mode
     assert manifest["counts"]["samples_out"] == 2 and manifest["counts"]["reconciled"]
     q = read_dir(out / "_quarantine")
     assert q[c.ID].to_pylist() == ["three0000"] and "3 responses" in q[c.DETAIL][0].as_py()
+
+
+def test_label_with_every_row_quarantined_ends_cleanly(ray_local, tiny_model, tmp_path):
+    from jobs.label import LabelConfig, run
+
+    samples = write_samples(tmp_path / "s.parquet", bad_rows())
+    result = run(LabelConfig(input=str(samples), output=str(tmp_path / "o"), model=tiny_model, k=1, **FAST))
+    assert result["vote"] is None
+    counts = result["sample"]["counts"]
+    assert counts["samples_out"] == 0 and counts["quarantined"] == 4 and counts["reconciled"]
