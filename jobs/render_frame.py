@@ -67,18 +67,27 @@ def metarm_prompt() -> pl.Expr:
 def chat_array(turns: list[tuple[str, pa.Array]]):
     """A list<struct<role, content>> Arrow array with one chat per row from (role, contents) pairs.
 
-    Built with Arrow offsets and one ``take`` rather than polars' ``concat_list`` of structs,
-    which is several times slower on long strings.
+    The turns of a row are joined element-wise into one buffer, which already is the contents
+    column in row-major order (row 0 turn 0, row 0 turn 1, ...): only new offsets are computed.
+    No per-string gather, which on prompts of kilobytes was the slowest step of ``rft-filter``.
     """
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from schemas import arrow
 
     rows, width = len(turns[0][1]), len(turns)
-    contents = pa.concat_arrays([a.cast(pa.string()) for _, a in turns])
-    order = np.arange(rows * width).reshape(width, rows).T.ravel()  # row-major: turn 0, turn 1, ...
-    roles = pa.array(np.tile(np.array([r for r, _ in turns], dtype=object), rows), pa.string())
-    values = pa.StructArray.from_arrays([roles, contents.take(pa.array(order))], fields=list(arrow.MESSAGE))
-    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, values)
+    parts = [pc.fill_null(a, "").cast(pa.large_string()) for _, a in turns]
+    joined = pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string())) if width > 1 else parts[0]
+    joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    lengths = np.stack([pc.binary_length(a).to_numpy(zero_copy_only=False) for a in parts], axis=1).astype(np.int64)
+    # Where row 0 starts in the data buffer (a sliced array does not start at byte 0).
+    base = int(np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset]) if rows else 0
+    offsets = base + np.concatenate([[0], np.cumsum(lengths.ravel())]).astype(np.int64)
+    contents = pa.LargeStringArray.from_buffers(rows * width, pa.py_buffer(offsets), joined.buffers()[2]).cast(pa.string())
+    roles = pa.DictionaryArray.from_arrays(
+        pa.array(np.tile(np.arange(width, dtype=np.int32), rows)), pa.array([r for r, _ in turns], pa.string())
+    ).cast(pa.string())
+    values = pa.StructArray.from_arrays([roles, contents], fields=list(arrow.MESSAGE))
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)), values)

@@ -43,3 +43,18 @@ def test_metarm_prompt_and_messages_match_protocol():
     got = rf.chat_array([("user", out["p"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())]).to_pylist()
     want = [build_metarm_messages(r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]], "the critique") for r in rows]
     assert got == want
+
+
+def test_chat_array_handles_sliced_chunked_and_null_input():
+    import pyarrow as pa
+
+    prompts = pa.array(["p0", "p1 é", "p2 " * 50, "p3"], pa.large_string()).slice(1)  # starts mid-buffer
+    texts = pa.chunked_array([pa.array(["t1"]), pa.array([None, "t3 ✓"])]).combine_chunks()
+    got = rf.chat_array([("user", prompts), ("assistant", texts)]).to_pylist()
+    assert got == [
+        [{"role": "user", "content": "p1 é"}, {"role": "assistant", "content": "t1"}],
+        [{"role": "user", "content": "p2 " * 50}, {"role": "assistant", "content": ""}],
+        [{"role": "user", "content": "p3"}, {"role": "assistant", "content": "t3 ✓"}],
+    ]
+    one = rf.chat_array([("user", pa.array(["only"]))]).to_pylist()
+    assert one == [[{"role": "user", "content": "only"}]]
