@@ -71,27 +71,6 @@ def list_parquet(fs, path: str, what: str = "input") -> list[str]:
     return files
 
 
-def write_parquet_atomic(fs, path: str, table, schema=None) -> None:
-    """Write one Parquet file so readers see all of it or none of it.
-
-    Local: write a temporary file beside the target and rename. Object stores (S3): a PUT is
-    already atomic, so the object is written in place.
-    """
-    import pyarrow.parquet as pq
-
-    if schema is not None:
-        table = table.cast(schema)
-    parent = posixpath.dirname(path)
-    fs.makedirs(parent, exist_ok=True)
-    if is_local(fs):
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    else:
-        with fs.open(path, "wb") as f:
-            pq.write_table(table, f)
-
-
 class ParquetShardWriter:
     """One Parquet file written row group by row group, visible only once closed (same atomicity
     as ``write_parquet_atomic``), so a large shard never has to be in memory at once."""
@@ -125,6 +104,17 @@ class ParquetShardWriter:
             os.replace(self._tmp, self.path)
         else:
             os.remove(self._tmp)  # an empty shard is not written at all
+
+
+def write_parquet_atomic(fs, path: str, table, schema) -> None:
+    """Write one Parquet file (non-empty ``table``) so readers see all of it or none of it.
+
+    Local: a temporary file beside the target, then a rename. Object stores (S3): a PUT is
+    already atomic, so the object is written in place.
+    """
+    writer = ParquetShardWriter(fs, path, schema)
+    writer.write(table)
+    writer.close()
 
 
 def write_text_atomic(fs, path: str, text: str) -> None:

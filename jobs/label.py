@@ -11,7 +11,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -34,9 +33,7 @@ class LabelConfig(SampleConfig):
     def sample_config(self) -> SampleConfig:
         from cluster.storage import join
 
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SampleConfig)}
-        fields["output"] = join(self.output, "trajectories")
-        return SampleConfig(**fields)
+        return self.sampling_part(join(self.output, "trajectories"))
 
     def vote_config(self) -> VoteConfig:
         from cluster.storage import join

@@ -70,6 +70,12 @@ class OutputDir:
     def quarantine_parts(self) -> list[str]:
         return self._ls_parts(self.quarantine)
 
+    def reset_parts(self) -> None:
+        """Remove the shards of an earlier run (reducers always recompute) and make the directory."""
+        for p in self.parts():
+            self.fs.rm(p)
+        self.fs.makedirs(self.path, exist_ok=True)
+
     def read(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
         import pyarrow.dataset as ds
 
@@ -143,6 +149,23 @@ def input_files(uri: str) -> tuple[Any, list[str]]:
     """(fsspec filesystem, Parquet files) of an input path; a one-line error if there are none."""
     fs, path = storage.resolve(uri)
     return fs, storage.list_parquet(fs, path, "input")
+
+
+def trajectory_input(uri: str, columns: tuple[str, ...]) -> tuple[OutputDir, list[str]]:
+    """A reducer's input: trajectory shards holding ``columns`` (checked on the first file's footer)."""
+    import pyarrow.parquet as pq
+
+    src = OutputDir(uri)
+    files = storage.list_parquet(src.fs, src.path, "trajectories")
+    with src.fs.open(files[0], "rb") as fh:
+        names = pq.ParquetFile(fh).schema_arrow.names
+    for col in columns:
+        if col not in names:
+            raise TribunalError(
+                f"{storage.display(src.fs, files[0])}: no {col!r} column: not a trajectory shard "
+                "of this tribunal version (run `tribunal sample` or `tribunal rft` first)"
+            )
+    return src, files
 
 
 def check_inputs(fs, files: list[str], check_schema) -> int:

@@ -17,7 +17,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -39,9 +38,7 @@ class RftConfig(SampleConfig):
     def sample_config(self) -> SampleConfig:
         from cluster.storage import join
 
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(SampleConfig)}
-        fields["output"] = join(self.output, "trajectories")
-        return SampleConfig(**fields)
+        return self.sampling_part(join(self.output, "trajectories"))
 
     def filter_config(self) -> RftFilterConfig:
         from cluster.storage import join

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ThreadPoolExecutor
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ import polars as pl
 
 from jobs import grm_math
 from jobs.config import add_arguments, check, opt, to_dict
-from jobs.outputs import OutputDir, SeenIds, Timer, package_versions
+from jobs.outputs import OutputDir, SeenIds, Timer, package_versions, trajectory_input
 from schemas import arrow
 from schemas import columns as c
 from schemas.errors import TribunalError
@@ -178,22 +178,12 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
 
     stream = stream or sys.stderr
     timer = Timer()
-    src = OutputDir(cfg.input)
-    files = storage.list_parquet(src.fs, src.path, "trajectories")
-    import pyarrow.parquet as pq
-
-    with src.fs.open(files[0], "rb") as fh:
-        names = pq.ParquetFile(fh).schema_arrow.names
-    for col in FILTER_INPUT:
-        if col not in names:
-            raise TribunalError(f"{storage.display(src.fs, files[0])}: no {col!r} column: not a trajectory shard of this tribunal version")
+    src, files = trajectory_input(cfg.input, FILTER_INPUT)
     template = _template_of(src, cfg.template)
     root = OutputDir(cfg.output)
     sft, metarm = OutputDir(storage.join(cfg.output, "sft")), OutputDir(storage.join(cfg.output, "metarm"))
-    for d in (sft, metarm):
-        for p in d.parts():
-            d.fs.rm(p)
-        d.fs.makedirs(d.path, exist_ok=True)
+    sft.reset_parts()
+    metarm.reset_parts()
 
     outcomes: dict[str, int] = {}
     verdicts: dict[str, int] = {}

@@ -18,6 +18,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ class SampleConfig:
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
+    def sampling_part(self, output: str) -> SampleConfig:
+        """Just the sampling options of this config (or of a subclass's), writing to ``output``."""
+        return SampleConfig(**{**{f.name: getattr(self, f.name) for f in dataclasses.fields(SampleConfig)}, "output": output})
 
     def settings(self) -> dict:
         """The options that fix the results; a resumed run must match them."""

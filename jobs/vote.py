@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from jobs import grm_math
 from jobs.config import add_arguments, check, opt, to_dict
-from jobs.outputs import OutputDir, SeenIds, Timer, package_versions
+from jobs.outputs import OutputDir, SeenIds, Timer, package_versions, trajectory_input
 from schemas import arrow
 from schemas import columns as c
 from schemas.errors import TribunalError
@@ -167,25 +167,12 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
 
     stream = stream or sys.stderr
     timer = Timer()
-    in_fs, in_path = storage.resolve(cfg.input)
-    files = storage.list_parquet(in_fs, in_path, "trajectories")
-    src = OutputDir(cfg.input)
-    schema_where = storage.display(in_fs, files[0])
-    with in_fs.open(files[0], "rb") as fh:
-        import pyarrow.parquet as pq
-
-        names = pq.ParquetFile(fh).schema_arrow.names
-    for col in VOTE_INPUT:
-        if col not in names:
-            raise TribunalError(f"{schema_where}: no {col!r} column: not a trajectory shard (run `tribunal sample` first)")
+    src, files = trajectory_input(cfg.input, VOTE_INPUT)
     out = OutputDir(cfg.output)
-    if out.exists():
-        for p in out.parts():
-            out.fs.rm(p)
-    out.fs.makedirs(out.path, exist_ok=True)
+    out.reset_parts()
     seen = SeenIds()
     totals = {"samples": 0, "trajectories": 0, "valid": 0, "abstained": 0, "tied": 0, "judged": 0, "credit": 0.0, "correct": 0}
-    chunks = chunk_files(in_fs, files, cfg.chunk_rows)
+    chunks = chunk_files(src.fs, files, cfg.chunk_rows)
     for i, chunk in enumerate(chunks):
         traj = src.read_polars(chunk, list(VOTE_INPUT))
         votes = vote_frame(traj, cfg.k, cfg.seed, cfg.tie)
