@@ -71,25 +71,36 @@ def list_parquet(fs, path: str, what: str = "input") -> list[str]:
     return files
 
 
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
+"""How every shard is written: zstd at its fastest level. Shards repeat long text (a sample's
+context in each of its k trajectories, the prompt template in every SFT row), which zstd's
+window finds: the SFT corpus is ~15x smaller than with pyarrow's default snappy, and faster to
+write. Any Parquet reader reads it."""
+
+
 class ParquetShardWriter:
     """One Parquet file written row group by row group, visible only once closed (same atomicity
-    as ``write_parquet_atomic``), so a large shard never has to be in memory at once."""
+    as ``write_parquet_atomic``), so a large shard never has to be in memory at once.
 
-    def __init__(self, fs, path: str, schema):
+    ``options`` go to ``pyarrow.parquet.ParquetWriter`` over ``PARQUET_OPTIONS``.
+    """
+
+    def __init__(self, fs, path: str, schema, **options):
         import pyarrow.parquet as pq
 
+        options = {**PARQUET_OPTIONS, **options}
         self.fs, self.path, self.schema = fs, path, schema
         parent = posixpath.dirname(path)
         fs.makedirs(parent, exist_ok=True)
         self.rows = 0
         if is_local(fs):
             self._tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-            self._writer = pq.ParquetWriter(self._tmp, schema)
+            self._writer = pq.ParquetWriter(self._tmp, schema, **options)
             self._file = None
         else:
             self._tmp = None
             self._file = fs.open(path, "wb")
-            self._writer = pq.ParquetWriter(self._file, schema)
+            self._writer = pq.ParquetWriter(self._file, schema, **options)
 
     def write(self, table) -> None:
         if len(table):

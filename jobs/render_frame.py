@@ -1,25 +1,51 @@
-"""The GRM and meta-RM prompts rendered column-wise in polars, identical to ``jobs.protocol``.
+"""The GRM and meta-RM chats rendered column-wise in polars, identical to ``jobs.protocol``.
 
-The reducers render millions of prompts; doing it per row in Python would dominate their run
-time. Templates are split once into literal pieces and placeholders (the same one-pass
-substitution as ``protocol._fill``), and each row is assembled with polars string expressions.
-``tests/jobs/test_render_frame.py`` checks equality with the row-wise renderer.
+The reducers render millions of prompts of kilobytes each; per row in Python that would dominate
+their run time. Templates are split once into literal pieces and placeholders (the same one-pass
+substitution as ``protocol._fill``). Conversation turns and responses are few per row, so turn
+``j`` and view position ``j`` each become plain column expressions (``list.get``) and their
+numbers and letters literals: a whole chat is one ``concat_str`` of pieces, with no per-element
+``list.eval``. Pieces that only some rows have (a third turn, a fourth response) are null where
+absent and skipped. ``tests/jobs/test_render_frame.py`` checks equality with the row-wise renderer.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
 
-from jobs.protocol import _ROLE_NAMES, METARM_PREAMBLE, Template
+from jobs.protocol import _ROLE_NAMES, METARM_PREAMBLE, Template, _letter
 from schemas import columns as c
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-_LETTERS = {i: chr(ord("A") + i - 1) for i in range(1, 27)}
+METARM_BLOCK = "[The Begin of Response {i}]\n{response}\n[The End of Response {i}]"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The fewest and most context turns and responses of the rows being rendered."""
+
+    min_turns: int
+    max_turns: int
+    min_responses: int
+    max_responses: int
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> Shape:
+        if not len(frame):
+            return cls(0, 0, 0, 0)
+        turns, responses = pl.col(c.CONTEXT).list.len(), pl.col(c.RESPONSES).list.len()
+        row = frame.select(turns.min(), turns.max().alias("t"), responses.min().alias("r0"), responses.max().alias("r1")).row(0)
+        return cls(*(int(v) for v in row))
+
+
+Part = str | pl.Expr
+"""A piece of a rendered string: literal text, or a string column expression (null: skipped)."""
 
 
 def _pieces(pattern: str, names: tuple[str, ...]) -> list[tuple[bool, str]]:
@@ -28,66 +54,124 @@ def _pieces(pattern: str, names: tuple[str, ...]) -> list[tuple[bool, str]]:
     return [(i % 2 == 1, p) for i, p in enumerate(parts) if p or i % 2 == 1]
 
 
-def _assemble(pattern: str, values: dict[str, pl.Expr]) -> pl.Expr:
-    exprs = [values[text] if is_name else pl.lit(text) for is_name, text in _pieces(pattern, tuple(values))]
-    return pl.concat_str(exprs) if exprs else pl.lit("")
+def _fill(pattern: str, values: dict[str, list[Part]]) -> list[Part]:
+    out: list[Part] = []
+    for is_name, text in _pieces(pattern, tuple(values)):
+        out += values[text] if is_name else [text]
+    return out
 
 
-def context_text() -> pl.Expr:
-    """``protocol.render_context`` of the ``context`` column."""
-    role = pl.element().struct.field(c.ROLE)
-    name = role.replace_strict(_ROLE_NAMES, default=role.str.to_titlecase(), return_dtype=pl.String)
-    turn = pl.concat_str([name, pl.lit(": "), pl.element().struct.field(c.CONTENT).fill_null("")])
-    return pl.col(c.CONTEXT).list.eval(turn).list.join("\n\n")
+def _only_where(present: pl.Expr, parts: list[Part]) -> list[Part]:
+    return [pl.when(present).then(pl.lit(p) if isinstance(p, str) else p) for p in parts]
 
 
-def _view_blocks(block: str, separator: str) -> pl.Expr:
+def context_parts(shape: Shape) -> list[Part]:
+    """``protocol.render_context`` of the ``context`` column, as pieces."""
+    out: list[Part] = []
+    for j in range(shape.max_turns):
+        turn = pl.col(c.CONTEXT).list.get(j, null_on_oob=True)
+        role = turn.struct.field(c.ROLE)
+        name = role.replace_strict(_ROLE_NAMES, default=role.str.to_titlecase(), return_dtype=pl.String)
+        parts = (["\n\n"] if j else []) + [name, ": ", turn.struct.field(c.CONTENT).fill_null("")]
+        out += parts if j < shape.min_turns else _only_where(pl.col(c.CONTEXT).list.len() > j, parts)
+    return out
+
+
+def view_parts(block: str, separator: str, shape: Shape) -> list[Part]:
     """The responses in view order (``permutation``), each rendered with ``block``, joined."""
-    index = (pl.int_range(pl.len()) + 1).cast(pl.Int64)
-    letter = index.replace_strict(_LETTERS, default="?", return_dtype=pl.String)
-    rendered = _assemble(block, {"i": index.cast(pl.String), "letter": letter, "response": pl.element()})
-    return pl.col(c.RESPONSES).list.gather(pl.col(c.PERMUTATION)).list.eval(rendered).list.join(separator)
+    out: list[Part] = []
+    for j in range(shape.max_responses):
+        shown = pl.col(c.PERMUTATION).list.get(j, null_on_oob=True)
+        response = pl.col(c.RESPONSES).list.get(shown, null_on_oob=True).fill_null("")
+        values: dict[str, list[Part]] = {"i": [str(j + 1)], "letter": [_letter(j + 1)], "response": [response]}
+        parts = ([separator] if j and separator else []) + _fill(block, values)
+        out += parts if j < shape.min_responses else _only_where(pl.col(c.RESPONSES).list.len() > j, parts)
+    return out
 
 
-def grm_prompt(template: Template) -> pl.Expr:
-    """The un-hinted GRM user turn (``protocol.render_prompt`` in view order)."""
-    responses = _view_blocks(template.response_block, template.response_separator)
-    return _assemble(template.body, {"context": context_text(), "responses": responses})
+def grm_prompt_parts(template: Template, shape: Shape) -> list[Part]:
+    """The un-hinted GRM user turn (``protocol.render_prompt`` in view order), as pieces."""
+    responses = view_parts(template.response_block, template.response_separator, shape)
+    return _fill(template.body, {"context": context_parts(shape), "responses": responses})
 
 
-def metarm_prompt() -> pl.Expr:
-    """``protocol.render_metarm_prompt`` in view order."""
-    blocks = _view_blocks("[The Begin of Response {i}]\n{response}\n[The End of Response {i}]", "\n")
-    return pl.concat_str(
-        [pl.lit(f"{METARM_PREAMBLE}\n#### Conversation Context ####\n"), context_text(),
-         pl.lit("\n#### Responses to be Scored ####\n"), blocks]
-    )
+def hint_parts(template: Template, shape: Shape, best: pl.Expr) -> list[Part]:
+    """``"\n" + protocol.hint_line`` naming the view position of original response ``best``
+    (0-based) on rows where ``hinted`` is true; nothing elsewhere."""
+    position = pl.lit(None, pl.Int64)
+    for j in reversed(range(shape.max_responses)):
+        position = pl.when(pl.col(c.PERMUTATION).list.get(j, null_on_oob=True) == best).then(pl.lit(j + 1, pl.Int64)).otherwise(position)
+    letters = {j: _letter(j) for j in range(1, shape.max_responses + 1)}
+    values: dict[str, list[Part]] = {
+        "j": [position.cast(pl.String)], "letter": [position.replace_strict(letters, default=None, return_dtype=pl.String)]
+    }
+    return _only_where(pl.col(c.HINTED), ["\n", *_fill(template.hint, values)])
 
 
-def chat_array(turns: list[tuple[str, pa.Array]]):
-    """A list<struct<role, content>> Arrow array with one chat per row from (role, contents) pairs.
+def metarm_prompt_parts(shape: Shape) -> list[Part]:
+    """``protocol.render_metarm_prompt`` in view order, as pieces."""
+    return [f"{METARM_PREAMBLE}\n#### Conversation Context ####\n", *context_parts(shape),
+            "\n#### Responses to be Scored ####\n", *view_parts(METARM_BLOCK, "\n", shape)]
 
-    The turns of a row are joined element-wise into one buffer, which already is the contents
-    column in row-major order (row 0 turn 0, row 0 turn 1, ...): only new offsets are computed.
-    No per-string gather, which on prompts of kilobytes was the slowest step of ``rft-filter``.
+
+def render(frame: pl.DataFrame, parts: list[Part]) -> pa.LargeStringArray:
+    """One string per row of ``frame``: its pieces concatenated (null pieces skipped), as one
+    contiguous Arrow array.
+
+    polars evaluates the column pieces (short: a turn, a response, a completion); Arrow joins them
+    with the literal template text straight into the output buffer, so the kilobytes of each
+    prompt are written once and never converted between the two.
     """
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    merged: list[Part] = []
+    for p in parts:
+        if isinstance(p, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += p
+        elif not (isinstance(p, str) and not p):
+            merged.append(p)
+    exprs = [p.alias(f"_{i}") for i, p in enumerate(merged) if not isinstance(p, str)]
+    columns = frame.select(exprs).to_arrow() if exprs else None
+    args, k = [], 0
+    for p in merged:
+        if isinstance(p, str):
+            args.append(pa.scalar(p, pa.large_string()))
+        else:
+            args.append(columns.column(k).combine_chunks().cast(pa.large_string()))
+            k += 1
+    if not any(isinstance(a, pa.Array) for a in args):  # literal pieces only
+        return pa.array([("".join(p for p in merged)) for _ in range(len(frame))], pa.large_string())
+    out = pc.binary_join_element_wise(*args, pa.scalar("", pa.large_string()), null_handling="skip")
+    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+
+def chats(frame: pl.DataFrame, prompt: list[Part], completion: str) -> pa.ListArray:
+    """A list<struct<role, content>> Arrow array, one [user, assistant] chat per row of ``frame``:
+    the user turn from the ``prompt`` pieces, the assistant turn from the ``completion`` column.
+
+    Each row's two turns are rendered as one string (prompt then completion), so the rendered
+    array already is the contents in row-major order (row 0 user, row 0 assistant, ...) and only
+    offsets are computed.
+    """
+    import numpy as np
+    import pyarrow as pa
+
     from schemas import arrow
 
-    rows, width = len(turns[0][1]), len(turns)
-    parts = [pc.fill_null(a, "").cast(pa.large_string()) for _, a in turns]
-    joined = pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string())) if width > 1 else parts[0]
-    joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
-    lengths = np.stack([pc.binary_length(a).to_numpy(zero_copy_only=False) for a in parts], axis=1).astype(np.int64)
-    # Where row 0 starts in the data buffer (a sliced array does not start at byte 0).
-    base = int(np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset]) if rows else 0
-    offsets = base + np.concatenate([[0], np.cumsum(lengths.ravel())]).astype(np.int64)
-    contents = pa.LargeStringArray.from_buffers(rows * width, pa.py_buffer(offsets), joined.buffers()[2]).cast(pa.string())
+    text = pl.col(completion).fill_null("")
+    data = render(frame, [*prompt, text])
+    rows = len(data)
+    answer = frame.select(text.str.len_bytes()).to_series().to_numpy().astype(np.int64)
+    ends = np.frombuffer(data.buffers()[1], dtype=np.int64)[data.offset: data.offset + rows + 1] if rows else np.zeros(1, np.int64)
+    # Row r's prompt ends where its completion starts: interleave those cuts with the row ends.
+    offsets = np.empty(2 * rows + 1, np.int64)
+    offsets[0::2] = ends
+    offsets[1::2] = ends[1:] - answer
+    buffer = data.buffers()[2] if rows else pa.py_buffer(b"")
+    contents = pa.LargeStringArray.from_buffers(rows * 2, pa.py_buffer(offsets), buffer).cast(pa.string())
     roles = pa.DictionaryArray.from_arrays(
-        pa.array(np.tile(np.arange(width, dtype=np.int32), rows)), pa.array([r for r, _ in turns], pa.string())
+        pa.array(np.tile(np.arange(2, dtype=np.int32), rows)), pa.array(["user", "assistant"], pa.string())
     ).cast(pa.string())
     values = pa.StructArray.from_arrays([roles, contents], fields=list(arrow.MESSAGE))
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)), values)
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * 2 + 1, 2, dtype=np.int32)), values)

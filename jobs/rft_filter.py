@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,6 +44,13 @@ if TYPE_CHECKING:
 FILTER_INPUT = (
     c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, c.TEXT, c.PARSE_ERROR, c.LABELS, c.CORRECT, c.CONTEXT, c.RESPONSES,
 )
+
+# The corpora's Parquet: dictionary-encode the short repeated columns only (a prompt of kilobytes
+# is hashed for nothing otherwise) and keep min/max statistics where they help row-group pruning.
+CORPUS_PARQUET = {
+    "use_dictionary": [c.ID, f"{c.MESSAGES}.list.element.{c.ROLE}"],
+    "write_statistics": [c.ID, c.SAMPLE_INDEX],
+}
 
 
 @dataclass(frozen=True)
@@ -65,35 +73,61 @@ class RftFilterConfig:
         check(self.render_rows >= 1, "render_rows", f"must be >= 1, got {self.render_rows}")
 
 
-def verdict_frame(traj: pl.DataFrame, mode: str) -> pl.DataFrame:
-    """Add ``verdict`` and ``outcome`` column-wise; agrees with ``grm_math.rft_verdicts`` (tested)."""
+def _run_starts(ids: pl.Series):
+    """Row numbers where a run of equal ids starts."""
+    import numpy as np
+
+    run = ids.rle_id().to_numpy()
+    return np.flatnonzero(np.diff(run, prepend=-1) != 0)
+
+
+def verdicts(traj: pl.DataFrame, mode: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rejective sampling column-wise: ``traj`` with ``verdict`` and ``outcome`` added, and one row
+    per sample (``id``, ``outcome``, ``accepted``: its number of accepted trajectories). Agrees
+    with ``grm_math.rft_verdicts`` (tested).
+
+    ``sample`` and ``rft`` write a sample's rows next to each other, so the samples are the runs
+    of equal ids and every per-sample count is a segment sum; rows of a sample that are scattered
+    are brought together first (a stable sort by id).
+    """
+    import numpy as np
+
     grm_math.hint_wanted(mode, [])  # validates the mode
-    nh = ~pl.col(c.HINTED)
-    per = traj.group_by(c.ID).agg(nh.sum().alias("_nh"), (nh & pl.col(c.CORRECT)).sum().alias("_nh_ok"))
-    t = traj.join(per, on=c.ID, how="left")
-    too_easy = (pl.col("_nh") > 0) & (pl.col("_nh_ok") == pl.col("_nh"))
-    use_hint = pl.lit(mode == "always") | ((pl.col("_nh_ok") == 0) & pl.lit(mode == "auto"))
+    names = ["accepted", "too_easy", "no_correct"]
+    if not len(traj):
+        empty = pl.Series([], dtype=pl.String)
+        return (traj.with_columns(empty.alias(c.VERDICT), empty.alias(c.OUTCOME)),
+                pl.DataFrame({c.ID: empty, c.OUTCOME: empty, "accepted": pl.Series([], dtype=pl.Int64)}))
+    starts = _run_starts(traj[c.ID])
+    if traj[c.ID].gather(starts).is_duplicated().any():
+        traj = traj.sort(c.ID, maintain_order=True)
+        starts = _run_starts(traj[c.ID])
+    run = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(traj))))
+    hinted = traj[c.HINTED].to_numpy().astype(bool)
+    ok = traj[c.CORRECT].to_numpy().astype(bool)
+    nonhinted = np.add.reduceat((~hinted).astype(np.int64), starts)
+    nonhinted_ok = np.add.reduceat((~hinted & ok).astype(np.int64), starts)
+    too_easy = (nonhinted > 0) & (nonhinted_ok == nonhinted)
+    use_hint = np.full(len(starts), mode == "always") | ((nonhinted_ok == 0) & (mode == "auto"))
+    unused = hinted & ~use_hint[run]
+    accepted = ok & ~unused & ~too_easy[run]
+    n_accepted = np.add.reduceat(accepted.astype(np.int64), starts)
+    outcome = np.where(too_easy, 1, np.where(n_accepted > 0, 0, 2))
     verdict = (
-        pl.when(too_easy).then(pl.lit("too_easy"))
-        .when(pl.col(c.HINTED) & ~use_hint).then(pl.lit("hint_unused"))
-        .when(pl.col(c.CORRECT)).then(pl.lit("accepted"))
+        pl.when(pl.Series(too_easy[run])).then(pl.lit("too_easy"))
+        .when(pl.Series(unused)).then(pl.lit("hint_unused"))
+        .when(pl.Series(accepted)).then(pl.lit("accepted"))
         .otherwise(pl.coalesce(pl.col(c.PARSE_ERROR), pl.lit("incorrect")))
     )
-    t = t.with_columns(verdict.alias(c.VERDICT), too_easy.alias("_too_easy"))
-    any_accepted = (pl.col(c.VERDICT) == "accepted").any().over(c.ID)
-    outcome = pl.when(pl.col("_too_easy")).then(pl.lit("too_easy")).when(any_accepted).then(pl.lit("accepted")).otherwise(pl.lit("no_correct"))
-    return t.with_columns(outcome.alias(c.OUTCOME)).drop("_nh", "_nh_ok", "_too_easy")
+    outcomes = pl.Series(names, dtype=pl.String)
+    t = traj.with_columns(verdict.alias(c.VERDICT), outcomes.gather(outcome[run]).alias(c.OUTCOME))
+    per_sample = pl.DataFrame({c.ID: traj[c.ID].gather(starts), c.OUTCOME: outcomes.gather(outcome), "accepted": n_accepted})
+    return t, per_sample
 
 
-def _hint_suffixes(hinted: pl.DataFrame, template) -> pl.Series:
-    """The hint line of each hinted row (few: at most one per sample, so row-wise is fine)."""
-    from jobs.protocol import hint_line
-
-    out = []
-    for perm, labels in zip(hinted[c.PERMUTATION].to_list(), hinted[c.LABELS].to_list()):
-        best = grm_math.unique_argmax(labels)
-        out.append("\n" + hint_line(template, grm_math.invert_permutation(perm)[best] + 1))
-    return pl.Series("_hint", out, dtype=pl.String)
+def verdict_frame(traj: pl.DataFrame, mode: str) -> pl.DataFrame:
+    """``traj`` with ``verdict`` and ``outcome`` added (see ``verdicts``)."""
+    return verdicts(traj, mode)[0]
 
 
 def sft_table(t: pl.DataFrame, template) -> pa.Table:
@@ -103,14 +137,10 @@ def sft_table(t: pl.DataFrame, template) -> pa.Table:
     from jobs import render_frame as rf
 
     acc = t.filter(pl.col(c.VERDICT) == "accepted")
-    hint = pl.Series("_hint", [None] * len(acc), dtype=pl.String)
-    hinted_mask = acc[c.HINTED]
-    if hinted_mask.any():
-        suffix = _hint_suffixes(acc.filter(hinted_mask), template)
-        hint = hint.scatter(hinted_mask.arg_true(), suffix)
-    prompt = pl.concat_str([rf.grm_prompt(template), pl.col("_hint").fill_null("")])
-    out = acc.with_columns(hint).select(c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, prompt.alias("_prompt"), c.TEXT).to_arrow()
-    chat = rf.chat_array([("user", out["_prompt"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())])
+    shape = rf.Shape.of(acc)
+    prompt = rf.grm_prompt_parts(template, shape) + rf.hint_parts(template, shape, pl.col(c.LABELS).list.arg_max())
+    chat = rf.chats(acc, prompt, c.TEXT)
+    out = acc.select(c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, pl.col(c.TEXT).fill_null("")).to_arrow()
     return pa.table(
         {c.ID: out[c.ID], c.SAMPLE_INDEX: out[c.SAMPLE_INDEX], c.HINTED: out[c.HINTED],
          c.PERMUTATION: out[c.PERMUTATION], c.MESSAGES: chat, c.COMPLETION: out[c.TEXT]}
@@ -124,10 +154,8 @@ def metarm_table(t: pl.DataFrame, include_hinted: bool) -> pa.Table:
     from jobs import render_frame as rf
 
     rows = t if include_hinted else t.filter(~pl.col(c.HINTED))
-    out = rows.select(
-        c.ID, c.SAMPLE_INDEX, c.HINTED, rf.metarm_prompt().alias("_prompt"), c.TEXT, pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL)
-    ).to_arrow()
-    chat = rf.chat_array([("user", out["_prompt"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())])
+    chat = rf.chats(rows, rf.metarm_prompt_parts(rf.Shape.of(rows)), c.TEXT)
+    out = rows.select(c.ID, c.SAMPLE_INDEX, c.HINTED, pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL)).to_arrow()
     return pa.table(
         {c.ID: out[c.ID], c.SAMPLE_INDEX: out[c.SAMPLE_INDEX], c.HINTED: out[c.HINTED], c.MESSAGES: chat, c.LABEL: out[c.LABEL]}
     ).cast(arrow.METARM)
@@ -136,8 +164,6 @@ def metarm_table(t: pl.DataFrame, include_hinted: bool) -> pa.Table:
 def bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
     """``pool.map`` in order, with at most ``ahead`` results pending (``Executor.map`` submits
     everything at once, so finished slices would pile up in memory)."""
-    from collections import deque
-
     pending: deque = deque()
     for item in items:
         pending.append(pool.submit(fn, item))
@@ -186,7 +212,7 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     metarm.reset_parts()
 
     outcomes: dict[str, int] = {}
-    verdicts: dict[str, int] = {}
+    verdict_counts: dict[str, int] = {}
     accepted_per_sample: dict[int, int] = {}
     hinted_kept = 0
     labels_balance = {"0": 0, "1": 0}
@@ -195,45 +221,51 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     samples = 0
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
     pool = ThreadPoolExecutor(max_workers=2)
+    sft_writer, meta_writer = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
     for i, chunk in enumerate(chunks):
         traj = src.read_polars(chunk, list(FILTER_INPUT))
         unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
         if len(unlabelled):
             raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
-        t = verdict_frame(traj, cfg.hint)
-        per_sample = t.group_by(c.ID, maintain_order=True).agg(
-            pl.col(c.OUTCOME).first(), (pl.col(c.VERDICT) == "accepted").sum().alias("_n")
-        )
+        t, per_sample = verdicts(traj, cfg.hint)
         dup = seen.add(per_sample[c.ID])
         if dup is not None:
             raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
         samples += len(per_sample)
         ids = per_sample[c.ID]
         _count_into(outcomes, per_sample[c.OUTCOME])
-        for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("_n").len().iter_rows():
+        for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("accepted").len().iter_rows():
             accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
-        _count_into(verdicts, t[c.VERDICT])
+        _count_into(verdict_counts, t[c.VERDICT])
         hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
         name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
-        sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT)
-        meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM)
+        sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
+        meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
         # Rendered prompts are ~k times the size of the input: render and write a slice at a time.
-        # Two slices render at once (polars and pyarrow release the GIL) while one is written.
+        # Two slices render at once while the two corpora are written on their own threads
+        # (polars, Arrow and Parquet release the GIL); a few slices are pending at most.
         def render(lo: int):
             part = t.slice(lo, cfg.render_rows)
             return sft_table(part, template), metarm_table(part, cfg.metarm_include_hinted)
 
+        writes: deque = deque()
         for s_tab, m in bounded_map(pool, render, range(0, len(t), cfg.render_rows), ahead=2):
-            sft_out.write(s_tab)
-            meta_out.write(m)
+            writes.append((sft_writer.submit(sft_out.write, s_tab), meta_writer.submit(meta_out.write, m)))
             ones = int(pc.sum(m[c.LABEL]).as_py() or 0)
             labels_balance["1"] += ones
             labels_balance["0"] += len(m) - ones
+            while len(writes) > 1:
+                for f in writes.popleft():
+                    f.result()
+        for pair in writes:
+            for f in pair:
+                f.result()
         sft_out.close()
         meta_out.close()
         sft_rows, metarm_rows, n_traj = sft_rows + sft_out.rows, metarm_rows + meta_out.rows, n_traj + len(t)
         print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
-    pool.shutdown()
+    for executor in (pool, sft_writer, meta_writer):
+        executor.shutdown()
     timer.mark("filtered")
 
     invalid = sum(src.quarantine_counts().values())
@@ -249,7 +281,7 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
         "reconciled": rows_in == sum(outcomes.get(k, 0) for k in arrow.OUTCOMES),
         "accepted_trajectories_per_sample": {str(k): v for k, v in sorted(accepted_per_sample.items())},
         "trajectories": n_traj,
-        "trajectory_verdicts": dict(sorted(verdicts.items())),
+        "trajectory_verdicts": dict(sorted(verdict_counts.items())),
         "hinted_kept": hinted_kept,
         "sft_rows": sft_rows,
         "metarm_rows": metarm_rows,
@@ -271,7 +303,7 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     )
     rejected = {k: v for k, v in funnel["trajectory_verdicts"].items() if k != "accepted"}
     print(
-        f"[{job}] {n_traj} trajectories: {verdicts.get('accepted', 0)} accepted ({hinted_kept} hinted), rejected: "
+        f"[{job}] {n_traj} trajectories: {verdict_counts.get('accepted', 0)} accepted ({hinted_kept} hinted), rejected: "
         + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"),
         file=stream,
     )

@@ -24,37 +24,67 @@ def frame(seed: int, n_choices=(1, 2, 3, 4)):
 
 
 @pytest.mark.parametrize("name", ["default", "single", "rm_r1_pairwise", "custom"])
-def test_grm_prompt_matches_protocol(name):
+@pytest.mark.parametrize("uniform", [False, True], ids=["mixed_n", "one_n"])
+def test_grm_prompt_matches_protocol(name, uniform):
     if name == "custom":
         tpl = template_from_text("---\nresponse_block: <{letter}|{i}> {response} </{i}>\nresponse_separator: \\n--\\n\n---\nA {context} B {responses} C {i}\n")
     else:
         tpl = load_template(name)
-    rows = [r for r in frame(1) if tpl.check_n(len(r[c.RESPONSES])) is None]
+    n_choices = ((1,) if name == "single" else (2,)) if uniform else (1, 2, 3, 4)
+    rows = [r for r in frame(1, n_choices) if tpl.check_n(len(r[c.RESPONSES])) is None]
     assert rows
-    got = pl.DataFrame(rows).select(rf.grm_prompt(tpl).alias("p"))["p"].to_list()
+    df = pl.DataFrame(rows)
+    got = rf.render(df, rf.grm_prompt_parts(tpl, rf.Shape.of(df))).to_pylist()
     want = [render_prompt(tpl, r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]]) for r in rows]
     assert got == want
 
 
-def test_metarm_prompt_and_messages_match_protocol():
+def test_metarm_chats_match_protocol():
     rows = frame(2)
     df = pl.DataFrame(rows).with_columns(pl.lit("the critique").alias(c.TEXT))
-    out = df.select(rf.metarm_prompt().alias("p"), c.TEXT).to_arrow()
-    got = rf.chat_array([("user", out["p"].combine_chunks()), ("assistant", out[c.TEXT].combine_chunks())]).to_pylist()
+    got = rf.chats(df, rf.metarm_prompt_parts(rf.Shape.of(df)), c.TEXT).to_pylist()
     want = [build_metarm_messages(r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]], "the critique") for r in rows]
     assert got == want
 
 
-def test_chat_array_handles_sliced_chunked_and_null_input():
-    import pyarrow as pa
+def test_chats_of_a_slice_with_null_and_unicode_completions():
+    df = pl.DataFrame(frame(3)).with_columns(pl.Series(c.TEXT, ["t ✓ " * (i % 3) if i % 4 else None for i in range(60)]))
+    part = df.slice(7, 30)  # does not start at row 0 of its buffers
+    got = rf.chats(part, [pl.lit("Q: "), pl.col(c.ID)], c.TEXT).to_pylist()
+    want = [[{"role": "user", "content": f"Q: {r[c.ID]}"}, {"role": "assistant", "content": r[c.TEXT] or ""}] for r in part.to_dicts()]
+    assert got == want
+    assert rf.chats(part.clear(), [pl.lit("Q")], c.TEXT).to_pylist() == []
 
-    prompts = pa.array(["p0", "p1 é", "p2 " * 50, "p3"], pa.large_string()).slice(1)  # starts mid-buffer
-    texts = pa.chunked_array([pa.array(["t1"]), pa.array([None, "t3 ✓"])]).combine_chunks()
-    got = rf.chat_array([("user", prompts), ("assistant", texts)]).to_pylist()
-    assert got == [
-        [{"role": "user", "content": "p1 é"}, {"role": "assistant", "content": "t1"}],
-        [{"role": "user", "content": "p2 " * 50}, {"role": "assistant", "content": ""}],
-        [{"role": "user", "content": "p3"}, {"role": "assistant", "content": "t3 ✓"}],
-    ]
-    one = rf.chat_array([("user", pa.array(["only"]))]).to_pylist()
-    assert one == [[{"role": "user", "content": "only"}]]
+
+def test_letters_past_z_follow_protocol():
+    tpl = template_from_text("---\nresponse_block: ({letter}) {response}\nresponse_separator: ' '\n---\n{context}|{responses}\n")
+    n = 28
+    rows = [{c.ID: "a", c.CONTEXT: [{"role": "tool", "content": "x"}], c.RESPONSES: [f"r{i}" for i in range(n)], c.PERMUTATION: list(range(n))[::-1]}]
+    df = pl.DataFrame(rows)
+    got = rf.render(df, rf.grm_prompt_parts(tpl, rf.Shape.of(df))).to_pylist()
+    assert got == [render_prompt(tpl, rows[0][c.CONTEXT], [f"r{i}" for i in range(n)][::-1])]
+
+
+@pytest.mark.parametrize("name", ["default", "rm_r1_pairwise"])
+def test_hinted_prompts_match_protocol(name):
+    from jobs.grm_math import invert_permutation
+    from jobs.protocol import build_messages
+
+    tpl = load_template(name)
+    rng = random.Random(4)
+    rows = [r for r in frame(5) if tpl.check_n(len(r[c.RESPONSES])) is None]
+    for r in rows:
+        n = len(r[c.RESPONSES])
+        best = rng.randrange(n)
+        r[c.LABELS] = [1.0 if i == best else 0.0 for i in range(n)]
+        r[c.HINTED] = rng.random() < 0.5
+    assert any(r[c.HINTED] for r in rows) and not all(r[c.HINTED] for r in rows)
+    df = pl.DataFrame(rows)
+    shape = rf.Shape.of(df)
+    got = rf.render(df, rf.grm_prompt_parts(tpl, shape) + rf.hint_parts(tpl, shape, pl.col(c.LABELS).list.arg_max())).to_pylist()
+    want = []
+    for r in rows:
+        view = [r[c.RESPONSES][i] for i in r[c.PERMUTATION]]
+        hint = invert_permutation(r[c.PERMUTATION])[r[c.LABELS].index(1.0)] + 1 if r[c.HINTED] else None
+        want.append(build_messages(tpl, r[c.CONTEXT], view, hint=hint)[0]["content"])
+    assert got == want

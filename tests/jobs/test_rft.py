@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, make_rows, write_samples
 from test_sample_job import run_then_kill
 from jobs import grm_math as gm
-from jobs.rft_filter import verdict_frame
+from jobs.rft_filter import verdict_frame, verdicts
 from schemas import arrow
 from schemas import columns as c
 
@@ -55,8 +55,9 @@ def test_correctness_feeding_the_funnel_n1_and_ties():
     assert gm.rft_verdicts([N, N], [tie, tie], [None, None], "never") == ("no_correct", ["incorrect", "incorrect"])
 
 
+@pytest.mark.parametrize("scattered", [False, True], ids=["together", "scattered"])
 @pytest.mark.parametrize("mode", gm.HINT_MODES)
-def test_verdict_frame_matches_pure_rule(mode):
+def test_verdict_frame_matches_pure_rule(mode, scattered):
     rng = random.Random(mode)
     rows = []
     for s in range(400):
@@ -66,17 +67,25 @@ def test_verdict_frame_matches_pure_rule(mode):
             ok = rng.random() < 0.5
             rows.append({c.ID: f"s{s}", c.SAMPLE_INDEX: 0 if h else j, c.HINTED: h, c.CORRECT: ok,
                          c.PARSE_ERROR: None if ok or rng.random() < 0.5 else "no_scores"})
-    got = verdict_frame(pl.DataFrame(rows), mode)
+    frame = pl.DataFrame(rows)
+    if scattered:  # a sample's rows not next to each other: grouped by id instead of by run
+        frame = frame.sample(fraction=1.0, shuffle=True, seed=3)
+    got, per_sample = verdicts(frame, mode)
+    assert len(got) == len(rows)
     by_id: dict[str, list[dict]] = {}
     for r in rows:
         by_id.setdefault(r[c.ID], []).append(r)
     want = {}
     for sid, rs in by_id.items():
-        outcome, verdicts = gm.rft_verdicts([r[c.HINTED] for r in rs], [r[c.CORRECT] for r in rs], [r[c.PARSE_ERROR] for r in rs], mode)
-        for r, v in zip(rs, verdicts):
+        outcome, vs = gm.rft_verdicts([r[c.HINTED] for r in rs], [r[c.CORRECT] for r in rs], [r[c.PARSE_ERROR] for r in rs], mode)
+        for r, v in zip(rs, vs):
             want[(sid, r[c.SAMPLE_INDEX], r[c.HINTED])] = (v, outcome)
     for r in got.iter_rows(named=True):
         assert (r[c.VERDICT], r[c.OUTCOME]) == want[(r[c.ID], r[c.SAMPLE_INDEX], r[c.HINTED])]
+    assert sorted(per_sample[c.ID].to_list()) == sorted(by_id)
+    for r in per_sample.iter_rows(named=True):
+        assert r[c.OUTCOME] == want[next((k for k in want if k[0] == r[c.ID]))][1]
+        assert r["accepted"] == sum(v == "accepted" for k, (v, _) in want.items() if k[0] == r[c.ID])
 
 
 def read_dir(d: Path) -> pa.Table:
