@@ -218,13 +218,14 @@ class SeenIds:
     def add(self, ids) -> str | None:
         """Record a chunk's ids (a polars Series); return one that an earlier chunk had, if any."""
         np = self._np
-        h = ids.hash(seed=0).to_numpy()
+        h = np.sort(ids.hash(seed=0).to_numpy())  # sorted keys: the binary searches stay local
         if len(self._sorted):
             at = np.searchsorted(self._sorted, h).clip(max=len(self._sorted) - 1)
             hit = self._sorted[at] == h
             if hit.any():
-                return ids.filter(hit).item(0)
-        self._sorted = np.sort(np.concatenate([self._sorted, h]))
+                return ids.filter(ids.hash(seed=0).is_in(h[hit].tolist())).item(0)
+        # Two sorted runs: a stable sort (timsort) merges them in linear time.
+        self._sorted = np.sort(np.concatenate([self._sorted, h]), kind="stable")
         return None
 
 

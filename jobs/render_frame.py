@@ -114,64 +114,117 @@ def metarm_prompt_parts(shape: Shape) -> list[Part]:
             "\n#### Responses to be Scored ####\n", *view_parts(METARM_BLOCK, "\n", shape)]
 
 
-def render(frame: pl.DataFrame, parts: list[Part]) -> pa.LargeStringArray:
-    """One string per row of ``frame``: its pieces concatenated (null pieces skipped), as one
-    contiguous Arrow array.
-
-    polars evaluates the column pieces (short: a turn, a response, a completion); Arrow joins them
-    with the literal template text straight into the output buffer, so the kilobytes of each
-    prompt are written once and never converted between the two.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+def _merge(parts: list[Part]) -> list[Part]:
     merged: list[Part] = []
     for p in parts:
         if isinstance(p, str) and merged and isinstance(merged[-1], str):
             merged[-1] += p
         elif not (isinstance(p, str) and not p):
             merged.append(p)
-    exprs = [p.alias(f"_{i}") for i, p in enumerate(merged) if not isinstance(p, str)]
-    columns = frame.select(exprs).to_arrow() if exprs else None
-    args, k = [], 0
-    for p in merged:
-        if isinstance(p, str):
-            args.append(pa.scalar(p, pa.large_string()))
-        else:
-            args.append(columns.column(k).combine_chunks().cast(pa.large_string()))
-            k += 1
-    if not any(isinstance(a, pa.Array) for a in args):  # literal pieces only
-        return pa.array([("".join(p for p in merged)) for _ in range(len(frame))], pa.large_string())
-    out = pc.binary_join_element_wise(*args, pa.scalar("", pa.large_string()), null_handling="skip")
-    return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+    return merged
 
 
-def chats(frame: pl.DataFrame, prompt: list[Part], completion: str) -> pa.ListArray:
-    """A list<struct<role, content>> Arrow array, one [user, assistant] chat per row of ``frame``:
-    the user turn from the ``prompt`` pieces, the assistant turn from the ``completion`` column.
+@dataclass(frozen=True)
+class Chats:
+    """Rows ready to be rendered as chats: their ``kept`` columns and the pieces of each row's
+    [user turn + assistant turn] string (literal scalars and short string columns), in Arrow.
 
-    Each row's two turns are rendered as one string (prompt then completion), so the rendered
-    array already is the contents in row-major order (row 0 user, row 0 assistant, ...) and only
-    offsets are computed.
+    polars evaluates the pieces once for many rows; Arrow joins them with the literal template
+    text a slice at a time (``slice(...).table()``) straight into the output buffer, so the
+    kilobytes of each prompt are written once, never converted between the two, and a slice can
+    be joined and written while it is still in cache.
     """
-    import numpy as np
+
+    kept: pa.Table
+    pieces: tuple
+    answer: object  # numpy int64: byte length of each row's assistant turn
+
+    def __len__(self) -> int:
+        return self.kept.num_rows
+
+    def slice(self, offset: int, length: int) -> Chats:
+        import pyarrow as pa
+
+        pieces = tuple(p.slice(offset, length) if isinstance(p, pa.Array) else p for p in self.pieces)
+        return Chats(self.kept.slice(offset, length), pieces, self.answer[offset: offset + length])
+
+    def joined(self) -> pa.LargeStringArray:
+        """Each row's pieces concatenated, null pieces skipped."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not any(isinstance(p, pa.Array) for p in self.pieces):  # literal pieces only
+            return pa.array(["".join(p.as_py() for p in self.pieces)] * len(self), pa.large_string())
+        out = pc.binary_join_element_wise(*self.pieces, pa.scalar("", pa.large_string()), null_handling="skip")
+        return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
+    def table(self, schema: pa.Schema | None = None) -> pa.Table:
+        """The kept columns plus ``messages``: list<struct<role, content>>, [user, assistant] per row.
+
+        The joined string of a row is its user turn then its assistant turn, so the joined array
+        already is the contents in row-major order (row 0 user, row 0 assistant, ...): only the
+        offsets are new.
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        from schemas import arrow
+        from schemas import columns as cols
+
+        data = self.joined()
+        rows = len(data)
+        ends = np.frombuffer(data.buffers()[1], dtype=np.int64)[data.offset: data.offset + rows + 1] if rows else np.zeros(1, np.int64)
+        # Row r's user turn ends where its assistant turn starts: interleave those cuts with the row ends.
+        offsets = np.empty(2 * rows + 1, np.int64)
+        offsets[0::2] = ends
+        offsets[1::2] = ends[1:] - self.answer
+        buffer = data.buffers()[2] if rows else pa.py_buffer(b"")
+        contents = pa.LargeStringArray.from_buffers(rows * 2, pa.py_buffer(offsets), buffer).cast(pa.string())
+        roles = pa.DictionaryArray.from_arrays(
+            pa.array(np.tile(np.arange(2, dtype=np.int32), rows)), pa.array(["user", "assistant"], pa.string())
+        ).cast(pa.string())
+        values = pa.StructArray.from_arrays([roles, contents], fields=list(arrow.MESSAGE))
+        messages = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * 2 + 1, 2, dtype=np.int32)), values)
+        out = self.kept.append_column(cols.MESSAGES, messages)
+        return out if schema is None else out.select(schema.names).cast(schema)
+
+
+def _pieces_of(frame: pl.DataFrame | pl.LazyFrame, parts: list[Part], keep: list[pl.Expr]) -> tuple[pa.Table, tuple]:
     import pyarrow as pa
 
-    from schemas import arrow
+    merged = _merge(parts)
+    exprs = [p.alias(f"_piece{i}") for i, p in enumerate(merged) if not isinstance(p, str)]
+    columns = frame.lazy().select([*keep, *exprs]).collect().to_arrow()
+    pieces, k = [], len(keep)
+    for p in merged:
+        if isinstance(p, str):
+            pieces.append(pa.scalar(p, pa.large_string()))
+        else:
+            pieces.append(columns.column(k).combine_chunks().cast(pa.large_string()))
+            k += 1
+    return columns.select(list(range(len(keep)))), tuple(pieces)
+
+
+def render(frame: pl.DataFrame | pl.LazyFrame, parts: list[Part]) -> pa.LargeStringArray:
+    """One string per row of ``frame``: its pieces concatenated (null pieces skipped)."""
+    import numpy as np
+
+    kept, pieces = _pieces_of(frame, parts, [pl.first().is_null().alias("_row")])  # a column: the row count
+    return Chats(kept, pieces, np.zeros(kept.num_rows, np.int64)).joined()
+
+
+def chats(frame: pl.DataFrame | pl.LazyFrame, prompt: list[Part], completion: str, keep: list[pl.Expr]) -> Chats:
+    """The rows of ``frame`` (lazy: a filter then touches the columns used only) as ``Chats``:
+    the user turn rendered from the ``prompt`` pieces, the assistant turn from the ``completion``
+    column, and the ``keep`` columns carried along."""
+    import numpy as np
 
     text = pl.col(completion).fill_null("")
-    data = render(frame, [*prompt, text])
-    rows = len(data)
-    answer = frame.select(text.str.len_bytes()).to_series().to_numpy().astype(np.int64)
-    ends = np.frombuffer(data.buffers()[1], dtype=np.int64)[data.offset: data.offset + rows + 1] if rows else np.zeros(1, np.int64)
-    # Row r's prompt ends where its completion starts: interleave those cuts with the row ends.
-    offsets = np.empty(2 * rows + 1, np.int64)
-    offsets[0::2] = ends
-    offsets[1::2] = ends[1:] - answer
-    buffer = data.buffers()[2] if rows else pa.py_buffer(b"")
-    contents = pa.LargeStringArray.from_buffers(rows * 2, pa.py_buffer(offsets), buffer).cast(pa.string())
-    roles = pa.DictionaryArray.from_arrays(
-        pa.array(np.tile(np.arange(2, dtype=np.int32), rows)), pa.array(["user", "assistant"], pa.string())
-    ).cast(pa.string())
-    values = pa.StructArray.from_arrays([roles, contents], fields=list(arrow.MESSAGE))
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * 2 + 1, 2, dtype=np.int32)), values)
+    kept, pieces = _pieces_of(frame, [*prompt, text], [*keep, text.str.len_bytes().alias("_answer")])
+    answer = kept.column("_answer").to_numpy().astype(np.int64)
+    return Chats(kept.drop_columns(["_answer"]), pieces, answer)
+
+
+def chat_table(frame: pl.DataFrame | pl.LazyFrame, prompt: list[Part], completion: str, keep: list[pl.Expr]) -> pa.Table:
+    """``chats(...).table()``: the ``keep`` columns plus ``messages``."""
+    return chats(frame, prompt, completion, keep).table()

@@ -62,8 +62,9 @@ class RftFilterConfig:
     hint: str = opt("auto", "hinted trajectories kept: auto (only for samples with no correct one), always, never", choices=grm_math.HINT_MODES)
     metarm_include_hinted: bool = opt(False, "also put hinted trajectories in the meta-RM corpus")
     template: str | None = opt(None, "template the trajectories were sampled with (default: read from the input's _run.json)")
-    chunk_rows: int = opt(1_000_000, "trajectory rows read per chunk (bounds memory)")
-    render_rows: int = opt(20_000, "rows rendered and written at a time (prompts are long: bounds memory)")
+    chunk_rows: int = opt(250_000, "trajectory rows read per chunk, one output shard each (bounds memory: two chunks are held)")
+    render_rows: int = opt(100_000, "trajectory rows whose prompt pieces are prepared at a time (bounds memory)")
+    row_group_rows: int = opt(10_000, "corpus rows rendered and written at a time: one Parquet row group each (prompts are long: bounds memory)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
@@ -71,6 +72,7 @@ class RftFilterConfig:
         check(self.hint in grm_math.HINT_MODES, "hint", f"must be one of {grm_math.HINT_MODES}, got {self.hint!r}")
         check(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
         check(self.render_rows >= 1, "render_rows", f"must be >= 1, got {self.render_rows}")
+        check(self.row_group_rows >= 1, "row_group_rows", f"must be >= 1, got {self.row_group_rows}")
 
 
 def _run_starts(ids: pl.Series):
@@ -130,35 +132,25 @@ def verdict_frame(traj: pl.DataFrame, mode: str) -> pl.DataFrame:
     return verdicts(traj, mode)[0]
 
 
-def sft_table(t: pl.DataFrame, template) -> pa.Table:
-    """Accepted trajectories as chat SFT rows (``arrow.SFT``)."""
-    import pyarrow as pa
-
+def sft_chats(t: pl.DataFrame, template):
+    """Accepted trajectories as ``render_frame.Chats`` for SFT rows (``arrow.SFT``): the user turn
+    exactly as the GRM saw it (hint line included), the completion as the assistant turn."""
     from jobs import render_frame as rf
 
-    acc = t.filter(pl.col(c.VERDICT) == "accepted")
-    shape = rf.Shape.of(acc)
+    shape = rf.Shape.of(t)
     prompt = rf.grm_prompt_parts(template, shape) + rf.hint_parts(template, shape, pl.col(c.LABELS).list.arg_max())
-    chat = rf.chats(acc, prompt, c.TEXT)
-    out = acc.select(c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, pl.col(c.TEXT).fill_null("")).to_arrow()
-    return pa.table(
-        {c.ID: out[c.ID], c.SAMPLE_INDEX: out[c.SAMPLE_INDEX], c.HINTED: out[c.HINTED],
-         c.PERMUTATION: out[c.PERMUTATION], c.MESSAGES: chat, c.COMPLETION: out[c.TEXT]}
-    ).cast(arrow.SFT)
+    keep = [pl.col(c.ID), pl.col(c.SAMPLE_INDEX), pl.col(c.HINTED), pl.col(c.PERMUTATION), pl.col(c.TEXT).fill_null("").alias(c.COMPLETION)]
+    return rf.chats(t.lazy().filter(pl.col(c.VERDICT) == "accepted"), prompt, c.TEXT, keep)
 
 
-def metarm_table(t: pl.DataFrame, include_hinted: bool) -> pa.Table:
-    """Meta-RM rows (``arrow.METARM``): label 1 iff the trajectory is correct (SPEC section 3)."""
-    import pyarrow as pa
-
+def metarm_chats(t: pl.DataFrame, include_hinted: bool):
+    """Meta-RM rows (``arrow.METARM``) as ``render_frame.Chats``: label 1 iff the trajectory is
+    correct (SPEC section 3)."""
     from jobs import render_frame as rf
 
-    rows = t if include_hinted else t.filter(~pl.col(c.HINTED))
-    chat = rf.chats(rows, rf.metarm_prompt_parts(rf.Shape.of(rows)), c.TEXT)
-    out = rows.select(c.ID, c.SAMPLE_INDEX, c.HINTED, pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL)).to_arrow()
-    return pa.table(
-        {c.ID: out[c.ID], c.SAMPLE_INDEX: out[c.SAMPLE_INDEX], c.HINTED: out[c.HINTED], c.MESSAGES: chat, c.LABEL: out[c.LABEL]}
-    ).cast(arrow.METARM)
+    rows = t.lazy() if include_hinted else t.lazy().filter(~pl.col(c.HINTED))
+    keep = [pl.col(c.ID), pl.col(c.SAMPLE_INDEX), pl.col(c.HINTED), pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL)]
+    return rf.chats(rows, rf.metarm_prompt_parts(rf.Shape.of(t)), c.TEXT, keep)
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
@@ -171,6 +163,12 @@ def bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+def _write(out, chats, schema, rows: int) -> None:
+    """Join chats and write them, ``rows`` at a time (one row group each)."""
+    for lo in range(0, len(chats), rows):
+        out.write(chats.slice(lo, rows).table(schema))
 
 
 def _template_of(src: OutputDir, explicit: str | None):
@@ -220,14 +218,26 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     seen = SeenIds()
     samples = 0
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
-    pool = ThreadPoolExecutor(max_workers=2)
+    # Four threads (polars, Arrow and Parquet release the GIL): one reads and judges the next
+    # chunk; one evaluates the prompt pieces of the next `render_rows` rows (polars, where fixed
+    # costs per call make large blocks pay); two join each corpus's pieces into chats and write
+    # them `row_group_rows` at a time (Arrow, Parquet), in order, so a row group is written
+    # while it is still in cache. A few blocks are alive at most: memory stays bounded.
+    reader, pool = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
     sft_writer, meta_writer = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
-    for i, chunk in enumerate(chunks):
+    pending: deque = deque()  # writes and closes on the writer threads, oldest first
+
+    def prepare(chunk: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
         traj = src.read_polars(chunk, list(FILTER_INPUT))
         unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
         if len(unlabelled):
             raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
-        t, per_sample = verdicts(traj, cfg.hint)
+        return verdicts(traj, cfg.hint)
+
+    upcoming = reader.submit(prepare, chunks[0]) if chunks else None
+    for i in range(len(chunks)):
+        t, per_sample = upcoming.result()
+        upcoming = reader.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
         dup = seen.add(per_sample[c.ID])
         if dup is not None:
             raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
@@ -241,30 +251,27 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
         name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
         sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
         meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
-        # Rendered prompts are ~k times the size of the input: render and write a slice at a time.
-        # Two slices render at once while the two corpora are written on their own threads
-        # (polars, Arrow and Parquet release the GIL); a few slices are pending at most.
-        def render(lo: int):
-            part = t.slice(lo, cfg.render_rows)
-            return sft_table(part, template), metarm_table(part, cfg.metarm_include_hinted)
 
-        writes: deque = deque()
-        for s_tab, m in bounded_map(pool, render, range(0, len(t), cfg.render_rows), ahead=2):
-            writes.append((sft_writer.submit(sft_out.write, s_tab), meta_writer.submit(meta_out.write, m)))
-            ones = int(pc.sum(m[c.LABEL]).as_py() or 0)
+        def pieces(lo: int, t=t):
+            part = t.slice(lo, cfg.render_rows)
+            return sft_chats(part, template), metarm_chats(part, cfg.metarm_include_hinted)
+
+        for s_chats, m_chats in bounded_map(pool, pieces, range(0, len(t), cfg.render_rows), ahead=1):
+            pending.append(sft_writer.submit(_write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows))
+            pending.append(meta_writer.submit(_write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows))
+            ones = int(pc.sum(m_chats.kept[c.LABEL]).as_py() or 0)
             labels_balance["1"] += ones
-            labels_balance["0"] += len(m) - ones
-            while len(writes) > 1:
-                for f in writes.popleft():
-                    f.result()
-        for pair in writes:
-            for f in pair:
-                f.result()
-        sft_out.close()
-        meta_out.close()
-        sft_rows, metarm_rows, n_traj = sft_rows + sft_out.rows, metarm_rows + meta_out.rows, n_traj + len(t)
+            labels_balance["0"] += len(m_chats) - ones
+            sft_rows, metarm_rows = sft_rows + len(s_chats), metarm_rows + len(m_chats)
+            while len(pending) > 2:  # the previous slice's writes
+                pending.popleft().result()
+        pending.append(sft_writer.submit(sft_out.close))
+        pending.append(meta_writer.submit(meta_out.close))
+        n_traj += len(t)
         print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
-    for executor in (pool, sft_writer, meta_writer):
+    while pending:
+        pending.popleft().result()
+    for executor in (reader, pool, sft_writer, meta_writer):
         executor.shutdown()
     timer.mark("filtered")
 

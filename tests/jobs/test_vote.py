@@ -112,3 +112,16 @@ def test_vote_refuses_samples_split_across_chunks(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows[1:], schema=arrow.TRAJECTORY), d / "part-b.parquet")
     with pytest.raises(TribunalError, match="more than one chunk"):
         vote.run(vote.VoteConfig(input=str(d), output=str(tmp_path / "v"), chunk_rows=1))
+
+
+def test_seen_ids_finds_an_id_of_an_earlier_chunk():
+    import polars as pl
+
+    from jobs.outputs import SeenIds
+
+    seen = SeenIds()
+    assert seen.add(pl.Series([f"s{i}" for i in range(0, 1000, 2)])) is None
+    assert seen.add(pl.Series([f"s{i}" for i in range(1, 1000, 2)])) is None
+    assert seen.add(pl.Series(["t1", "s0", "t2"])) == "s0"
+    assert seen.add(pl.Series(["t3", "s999"])) == "s999"
+    assert seen.add(pl.Series(["t1", "t2", "t3"])) is None  # the refused chunks were not recorded
