@@ -157,7 +157,12 @@ def test_rft_job_end_to_end(ray_local, tiny_model, tmp_path):
 
     # rft-filter reproduces rft's corpora from its trajectories; other rules need no regeneration.
     again = tmp_path / "refilter"
-    run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(again), hint="auto", render_rows=7))
+    # Small chunks, blocks and row groups: several of each, read ahead and written on threads.
+    run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(again), hint="auto", chunk_rows=10, render_rows=7, row_group_rows=3))
+    import pyarrow.parquet as pq
+
+    again_parts = sorted((again / "sft").glob("part-*.parquet"))
+    assert len(again_parts) > 1 and any(pq.ParquetFile(p).num_row_groups > 1 for p in again_parts)
     assert sorted_rows(read_dir(again / "sft")) == sorted_rows(sft)
     assert sorted_rows(read_dir(again / "metarm")) == sorted_rows(metarm)
     never = run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(tmp_path / "never"), hint="never"))
