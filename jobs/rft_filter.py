@@ -45,6 +45,8 @@ FILTER_INPUT = (
     c.ID, c.SAMPLE_INDEX, c.HINTED, c.PERMUTATION, c.TEXT, c.PARSE_ERROR, c.LABELS, c.CORRECT, c.CONTEXT, c.RESPONSES,
 )
 
+PROGRESS_EVERY_S = 5.0
+
 # The corpora's Parquet: dictionary-encode the short repeated columns only (a prompt of kilobytes
 # is hashed for nothing otherwise) and keep min/max statistics where they help row-group pruning.
 CORPUS_PARQUET = {
@@ -234,44 +236,56 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
             raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
         return verdicts(traj, cfg.hint)
 
-    upcoming = reader.submit(prepare, chunks[0]) if chunks else None
-    for i in range(len(chunks)):
-        t, per_sample = upcoming.result()
-        upcoming = reader.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
-        dup = seen.add(per_sample[c.ID])
-        if dup is not None:
-            raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
-        samples += len(per_sample)
-        ids = per_sample[c.ID]
-        _count_into(outcomes, per_sample[c.OUTCOME])
-        for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("accepted").len().iter_rows():
-            accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
-        _count_into(verdict_counts, t[c.VERDICT])
-        hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
-        name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
-        sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
-        meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
+    executors = (reader, pool, sft_writer, meta_writer)
+    last_line = time.monotonic()
+    try:
+        upcoming = reader.submit(prepare, chunks[0]) if chunks else None
+        for i in range(len(chunks)):
+            t, per_sample = upcoming.result()
+            upcoming = reader.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
+            dup = seen.add(per_sample[c.ID])
+            if dup is not None:
+                raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
+            samples += len(per_sample)
+            ids = per_sample[c.ID]
+            _count_into(outcomes, per_sample[c.OUTCOME])
+            for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("accepted").len().iter_rows():
+                accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
+            _count_into(verdict_counts, t[c.VERDICT])
+            hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
+            name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
+            sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
+            meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
 
-        def pieces(lo: int, t=t):
-            part = t.slice(lo, cfg.render_rows)
-            return sft_chats(part, template), metarm_chats(part, cfg.metarm_include_hinted)
+            def pieces(lo: int, t=t):
+                part = t.slice(lo, cfg.render_rows)
+                return sft_chats(part, template), metarm_chats(part, cfg.metarm_include_hinted)
 
-        for s_chats, m_chats in bounded_map(pool, pieces, range(0, len(t), cfg.render_rows), ahead=1):
-            pending.append(sft_writer.submit(_write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows))
-            pending.append(meta_writer.submit(_write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows))
-            ones = int(pc.sum(m_chats.kept[c.LABEL]).as_py() or 0)
-            labels_balance["1"] += ones
-            labels_balance["0"] += len(m_chats) - ones
-            sft_rows, metarm_rows = sft_rows + len(s_chats), metarm_rows + len(m_chats)
-            while len(pending) > 2:  # the previous slice's writes
-                pending.popleft().result()
-        pending.append(sft_writer.submit(sft_out.close))
-        pending.append(meta_writer.submit(meta_out.close))
-        n_traj += len(t)
-        print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {sft_rows} SFT rows, {metarm_rows} meta-RM rows", file=stream, flush=True)
-    while pending:
-        pending.popleft().result()
-    for executor in (reader, pool, sft_writer, meta_writer):
+            for s_chats, m_chats in bounded_map(pool, pieces, range(0, len(t), cfg.render_rows), ahead=1):
+                pending.append(sft_writer.submit(_write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows))
+                pending.append(meta_writer.submit(_write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows))
+                ones = int(pc.sum(m_chats.kept[c.LABEL]).as_py() or 0)
+                labels_balance["1"] += ones
+                labels_balance["0"] += len(m_chats) - ones
+                sft_rows, metarm_rows = sft_rows + len(s_chats), metarm_rows + len(m_chats)
+                while len(pending) > 2:  # the previous slice's writes
+                    pending.popleft().result()
+            pending.append(sft_writer.submit(sft_out.close))
+            pending.append(meta_writer.submit(meta_out.close))
+            n_traj += len(t)
+            now = time.monotonic()
+            if now - last_line >= PROGRESS_EVERY_S or i + 1 == len(chunks):
+                last_line, elapsed = now, time.time() - timer.start
+                eta = f", eta {fmt_duration(elapsed * (len(chunks) - i - 1) / (i + 1))}" if i + 1 < len(chunks) else ""
+                print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {n_traj} trajectories ({n_traj / elapsed:,.0f}/s), "
+                      f"{sft_rows} SFT rows, {metarm_rows} meta-RM rows, {fmt_duration(elapsed)}{eta}", file=stream, flush=True)
+        while pending:
+            pending.popleft().result()
+    except BaseException:
+        for executor in executors:  # stop what is queued; a failed run writes no more
+            executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    for executor in executors:
         executor.shutdown()
     timer.mark("filtered")
 

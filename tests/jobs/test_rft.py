@@ -99,7 +99,7 @@ def sorted_rows(t: pa.Table) -> list[dict]:
 FAST = {"max_tokens": 48, "batch_size": 4}
 
 
-def test_rft_job_end_to_end(ray_local, tiny_model, tmp_path):
+def test_rft_job_end_to_end(ray_local, tiny_model, s3_server, tmp_path):
     from jobs.rft import RftConfig, run
     from jobs.rft_filter import RftFilterConfig
     from jobs.rft_filter import run as run_filter
@@ -165,6 +165,20 @@ def test_rft_job_end_to_end(ray_local, tiny_model, tmp_path):
     assert len(again_parts) > 1 and any(pq.ParquetFile(p).num_row_groups > 1 for p in again_parts)
     assert sorted_rows(read_dir(again / "sft")) == sorted_rows(sft)
     assert sorted_rows(read_dir(again / "metarm")) == sorted_rows(metarm)
+    # ... and over S3 (a real S3-protocol server on loopback): s3:// in, s3:// out.
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, key="testing", secret="testing")
+    fs.mkdir("rft-test")
+    fs.put(str(out / "trajectories"), "rft-test/trajectories", recursive=True)
+    on_s3 = run_filter(RftFilterConfig(input="s3://rft-test/trajectories", output="s3://rft-test/run", chunk_rows=10, row_group_rows=3))
+    fs.invalidate_cache()
+    assert on_s3["sft"] == "s3://rft-test/run/sft" and on_s3["funnel"] == result["funnel"]
+    for corpus, want in (("sft", sft), ("metarm", metarm)):
+        parts = fs.glob(f"rft-test/run/{corpus}/part-*.parquet")
+        assert parts and not fs.glob(f"rft-test/run/{corpus}/.tmp-*")
+        assert sorted_rows(pa.concat_tables([pq.read_table(fs.open(p, "rb")) for p in parts])) == sorted_rows(want)
+    assert json.loads(fs.cat("rft-test/run/funnel.json")) == result["funnel"]
     never = run_filter(RftFilterConfig(input=str(out / "trajectories"), output=str(tmp_path / "never"), hint="never"))
     assert not any(read_dir(tmp_path / "never" / "sft")[c.HINTED].to_pylist())
     assert never["funnel"]["reconciled"] and never["funnel"]["hinted_kept"] == 0
