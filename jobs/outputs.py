@@ -186,23 +186,65 @@ def check_inputs(fs, files: list[str], check_schema) -> int:
     return total
 
 
-def duplicate_input_ids(fs, files: list[str]) -> frozenset[str]:
-    """Ids given more than once across all input files (reads only the ``id`` column)."""
-    import pyarrow.compute as pc
+def duplicate_input_ids(fs, files: list[str], batch_rows: int = 65_536) -> frozenset[str]:
+    """Ids that more than one input row has, across all input files: ids given in the ``id``
+    column, and the ids derived from content for rows without one (``validate.content_ids``).
+
+    Given ids: only the ``id`` column is read. Rows without an id: their content columns are
+    streamed and hashed (64-bit, polars), 16 bytes kept per row; only rows sharing a hash are read
+    again and get their exact derived id, so the pass costs one read of the content and little
+    memory. Found on the driver, so every copy is quarantined whatever the batching.
+    """
+    from collections import Counter
+
+    import numpy as np
+    import polars as pl
     import pyarrow.parquet as pq
 
-    arrays = []
-    for f in files:
+    from schemas.validate import content_columns, content_ids
+
+    given: list[pl.Series] = []
+    hashes: list[np.ndarray] = []
+    places: list[np.ndarray] = []  # (file index, row) of each hashed row
+    content_of: dict[int, list[str]] = {}
+    for fi, f in enumerate(files):
         with fs.open(f, "rb") as fh:
             pf = pq.ParquetFile(fh)
-            if c.ID not in pf.schema_arrow.names:
-                continue
-            arrays.append(pf.read(columns=[c.ID])[c.ID].combine_chunks().cast(pa.string()))
-    if not arrays:
-        return frozenset()
-    counts = pc.value_counts(pc.drop_null(pa.concat_arrays(arrays)))
-    dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-    return frozenset(dup.to_pylist())
+            content = content_of[fi] = content_columns(pf.schema_arrow, storage.display(fs, f))
+            has_id = c.ID in pf.schema_arrow.names
+            first = 0
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=([c.ID] if has_id else []) + content):
+                df = pl.from_arrow(batch)
+                missing = np.ones(len(df), dtype=bool)
+                if has_id:
+                    ids = df[c.ID].cast(pl.String)
+                    given.append(ids.filter(ids.is_not_null() & (ids != "")))
+                    missing = (ids.is_null() | (ids == "")).to_numpy()
+                rows = np.flatnonzero(missing)
+                if len(rows):
+                    h = df.select(pl.struct(content).hash(seed=0)).to_series().to_numpy()
+                    hashes.append(h[rows])
+                    places.append(np.stack([np.full(len(rows), fi), rows + first], axis=1))
+                first += len(df)
+    dup: set[str] = set()
+    if given:
+        counts = pl.concat(given).value_counts()
+        dup.update(counts.filter(pl.col("count") > 1).to_series().to_list())
+    if hashes:
+        h, where = np.concatenate(hashes), np.concatenate(places)
+        order = np.argsort(h, kind="stable")
+        same = h[order][1:] == h[order][:-1]
+        shared = np.zeros(len(h), dtype=bool)
+        shared[order[1:][same]] = shared[order[:-1][same]] = True
+        derived: Counter = Counter()
+        candidates = where[shared]
+        for fi in np.unique(candidates[:, 0]):
+            rows = candidates[candidates[:, 0] == fi, 1]
+            with fs.open(files[fi], "rb") as fh:
+                table = pq.ParquetFile(fh).read(columns=content_of[fi]).take(rows)
+            derived.update(i for i in content_ids(table, storage.display(fs, files[fi])) if i is not None)
+        dup.update(i for i, n in derived.items() if n > 1)
+    return frozenset(dup)
 
 
 class SeenIds:

@@ -279,6 +279,49 @@ def derive_id(context: list[dict], responses: list[str]) -> str:
     return _derive([(m[c.ROLE], m[c.CONTENT]) for m in context], responses)
 
 
+class _Content:
+    """A batch's judged content, row by row, as ``normalize`` reads it: (context, responses)."""
+
+    def __init__(self, table: pa.Table, plan: _Plan) -> None:
+        def col(name: str | None) -> list:
+            return table.column(name).to_pylist() if name else [None] * table.num_rows
+
+        self.contexts, self.prompts = col(plan.context), col(plan.prompt)
+        self.has_context = plan.context is not None
+        self.pairwise = plan.responses is None
+        if self.pairwise:
+            self.chosen, self.rejected = col(plan.chosen), col(plan.rejected)
+        else:
+            self.responses = col(plan.responses)
+
+    def row(self, i: int) -> tuple[list[tuple[str, str]], list[str]]:
+        """Raises _Bad for malformed content."""
+        context = _context(self.contexts[i], self.prompts[i], self.has_context)
+        if self.pairwise:
+            return context, [_text(self.chosen[i], c.CHOSEN), _text(self.rejected[i], c.REJECTED)]
+        return context, _responses(self.responses[i])
+
+
+def content_columns(schema: pa.Schema, where: str) -> list[str]:
+    """The input columns a sample's derived id is computed from (labels are not among them)."""
+    plan = _plan(schema, where)
+    return [n for n in (plan.context, plan.prompt, plan.responses, plan.chosen, plan.rejected) if n]
+
+
+def content_ids(table: pa.Table, where: str = "input batch") -> list[str | None]:
+    """The id ``normalize`` derives for each row from its content (what a row without an id
+    gets), or None where the content is malformed (``normalize`` quarantines such a row)."""
+    content = _Content(table, _plan(table.schema, where))
+    out: list[str | None] = []
+    for i in range(table.num_rows):
+        try:
+            out.append(_derive(*content.row(i)))
+        except _Bad:
+            out.append(None)
+    return out
+
+
+
 # --- batch level --------------------------------------------------------------------------------
 
 
@@ -335,17 +378,10 @@ def normalize(
     """
     plan = _plan(table.schema, _where(table, source_column))
     n_rows = table.num_rows
-
-    def col(name: str | None) -> list:
-        return table.column(name).to_pylist() if name else [None] * n_rows
-
-    ids, contexts, prompts = col(plan.id), col(plan.context), col(plan.prompt)
+    ids = table.column(plan.id).to_pylist() if plan.id else [None] * n_rows
+    labels = table.column(plan.labels).to_pylist() if plan.labels else [None] * n_rows
+    rows = _Content(table, plan)
     pairwise = plan.responses is None
-    if pairwise:
-        chosen, rejected = col(plan.chosen), col(plan.rejected)
-    else:
-        responses, labels = col(plan.responses), col(plan.labels)
-    has_context = plan.context is not None
 
     out_ids: list[str] = []
     ctx_offsets, roles, contents = [0], [], []
@@ -364,13 +400,8 @@ def normalize(
             if given is not None:
                 given = str(given) if given.__class__ is int else _text(given, c.ID)
                 row_id = given or None  # empty id: derive one
-            context = _context(contexts[i], prompts[i], has_context)
-            if pairwise:
-                resp = [_text(chosen[i], c.CHOSEN), _text(rejected[i], c.REJECTED)]
-                labs = list(PAIRWISE_LABELS)
-            else:
-                resp = _responses(responses[i])
-                labs = labels[i]
+            context, resp = rows.row(i)
+            labs = list(PAIRWISE_LABELS) if pairwise else labels[i]
             if row_id is None:
                 row_id = _derive(context, resp)
             if labs is not None and not pairwise:  # pairwise [1, 0] needs no checks
