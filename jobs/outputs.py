@@ -191,9 +191,9 @@ def duplicate_input_ids(fs, files: list[str], batch_rows: int = 65_536) -> froze
     column, and the ids derived from content for rows without one (``validate.content_ids``).
 
     Given ids: only the ``id`` column is read. Rows without an id: their content columns are
-    streamed and hashed (64-bit, polars), 16 bytes kept per row; only rows sharing a hash are read
-    again and get their exact derived id, so the pass costs one read of the content and little
-    memory. Found on the driver, so every copy is quarantined whatever the batching.
+    streamed and hashed (64-bit, polars), 16 bytes kept per row; one row of each group sharing a
+    hash is read again and gets its exact derived id, so the pass costs one read of the content
+    and little memory. Found on the driver, so every copy is quarantined whatever the batching.
     """
     from collections import Counter
 
@@ -231,18 +231,20 @@ def duplicate_input_ids(fs, files: list[str], batch_rows: int = 65_536) -> froze
         counts = pl.concat(given).value_counts()
         dup.update(counts.filter(pl.col("count") > 1).to_series().to_list())
     if hashes:
+        # Rows sharing a hash share their raw content (a 64-bit collision aside): one row of each
+        # such group gets its exact derived id, which counts for the whole group.
         h, where = np.concatenate(hashes), np.concatenate(places)
-        order = np.argsort(h, kind="stable")
-        same = h[order][1:] == h[order][:-1]
-        shared = np.zeros(len(h), dtype=bool)
-        shared[order[1:][same]] = shared[order[:-1][same]] = True
+        values, first, sizes = np.unique(h, return_index=True, return_counts=True)
+        groups = sizes > 1
+        representatives, sizes = where[first[groups]], sizes[groups]
         derived: Counter = Counter()
-        candidates = where[shared]
-        for fi in np.unique(candidates[:, 0]):
-            rows = candidates[candidates[:, 0] == fi, 1]
+        for fi in np.unique(representatives[:, 0]):
+            mine = representatives[:, 0] == fi
             with fs.open(files[fi], "rb") as fh:
-                table = pq.ParquetFile(fh).read(columns=content_of[fi]).take(rows)
-            derived.update(i for i in content_ids(table, storage.display(fs, files[fi])) if i is not None)
+                table = pq.ParquetFile(fh).read(columns=content_of[fi]).take(representatives[mine, 1])
+            for i, n in zip(content_ids(table, storage.display(fs, files[fi])), sizes[mine]):
+                if i is not None:
+                    derived[i] += int(n)
         dup.update(i for i, n in derived.items() if n > 1)
     return frozenset(dup)
 
