@@ -71,7 +71,7 @@ class SampleConfig:
         check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
         check(self.engine in ENGINES, "engine", f"must be one of {ENGINES}, got {self.engine!r}")
         check(self.hint in HINT_MODES, "hint", f"must be one of {HINT_MODES}, got {self.hint!r}")
-        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check(0 <= self.temperature <= 2, "temperature", f"must be in [0, 2] (vLLM's range), got {self.temperature}")
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
 

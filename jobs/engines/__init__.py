@@ -24,8 +24,8 @@ class SamplingConfig:
     max_tokens: int = 512  # new tokens per generation; hitting it marks the output truncated
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature <= 2:  # vLLM refuses temperatures above 2
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:

@@ -19,6 +19,11 @@ from jobs.engines import EngineConfig, Generation, GenerationRequest, RequestRes
 from schemas.errors import TribunalError
 
 
+# vLLM's finish reasons (vllm/v1/engine FINISH_REASON_STRINGS) as the trajectory's `stop` or
+# `length`; `abort` and `error` are failures of the engine, not of the model's output, and raise.
+FINISH_REASONS = {"stop": "stop", "repetition": "stop", "length": "length"}
+
+
 class VLLMEngine:
     def __init__(self, cfg: EngineConfig):
         try:
@@ -59,12 +64,14 @@ class VLLMEngine:
         return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
     async def _one(self, req: GenerationRequest, sampling: SamplingConfig) -> RequestResult:
+        # vLLM refuses n > 1 with greedy sampling: ask once, repeat the (deterministic) answer.
+        greedy = sampling.temperature == 0
         params = self._SamplingParams(
-            n=req.n,
+            n=1 if greedy else req.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=sampling.max_tokens,
-            seed=req.seed,
+            seed=None if greedy else req.seed,
             output_kind=self._final_only,
         )
         # The chat template already carries any BOS token: tokenize without adding another.
@@ -75,25 +82,39 @@ class VLLMEngine:
                 final = out
         if final is None:
             raise RuntimeError("vLLM finished a request without a final output")
+        outputs = sorted(final.outputs, key=lambda o: o.index)
+        for o in outputs:
+            if o.finish_reason not in FINISH_REASONS:
+                raise RuntimeError(f"vLLM ended a request with finish_reason={o.finish_reason!r}")
         gens = tuple(
-            Generation(
-                text=o.text,
-                finish_reason="length" if o.finish_reason == "length" else "stop",
-                completion_tokens=len(o.token_ids),
-            )
-            for o in sorted(final.outputs, key=lambda o: o.index)
+            Generation(text=o.text, finish_reason=FINISH_REASONS[o.finish_reason], completion_tokens=len(o.token_ids))
+            for o in outputs
         )
+        if greedy:
+            gens = gens * req.n
         return RequestResult(prompt_tokens=len(final.prompt_token_ids or ids), generations=gens)
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig) -> list[RequestResult]:
         async def _all():
-            return await asyncio.gather(*(self._one(r, sampling) for r in requests))
+            # Every request runs to its end even if one fails, so none is left in the engine.
+            return await asyncio.gather(*(self._one(r, sampling) for r in requests), return_exceptions=True)
 
-        return list(asyncio.run_coroutine_threadsafe(_all(), self._loop).result())
+        results = asyncio.run_coroutine_threadsafe(_all(), self._loop).result()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
+
+    def close(self) -> None:
+        """Stop the engine and its event loop (also done when the engine is collected)."""
+        if getattr(self, "_engine", None) is not None:
+            self._engine.shutdown()
+            self._engine = None
+        if getattr(self, "_loop", None) is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
 
     def __del__(self):
         try:
-            self._engine.shutdown()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        except Exception:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
             pass

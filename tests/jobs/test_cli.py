@@ -79,6 +79,8 @@ def test_model_dir_that_is_not_a_model(tmp_path):
 def test_bad_config_value_names_key(tmp_path):
     line = one_error_line(tribunal("sample", "--input", "x", "--output", "y", "--model", "z", "--k", "0"))
     assert "'k'" in line
+    line = one_error_line(tribunal("sample", "--input", "x", "--output", "y", "--model", "z", "--temperature", "2.5"))
+    assert "'temperature'" in line and "[0, 2]" in line
     (tmp_path / "c.yaml").write_text("k: 2\nbogus: 1\n")
     line = one_error_line(tribunal("vote", "--config", str(tmp_path / "c.yaml")))
     assert "c.yaml" in line and "bogus" in line

@@ -17,7 +17,10 @@ def vllm_engine(tiny_model):
     pytest.importorskip("vllm")
     from jobs.engines.vllm_engine import VLLMEngine
 
-    return VLLMEngine(EngineConfig(kind="vllm", model=tiny_model, gpu_memory_utilization=0.3, max_model_len=4096))
+    # float32: a rerun then reproduces the texts exactly even where it hits the prefix cache
+    engine = VLLMEngine(EngineConfig(kind="vllm", model=tiny_model, dtype="float32", gpu_memory_utilization=0.3, max_model_len=4096))
+    yield engine
+    engine.close()
 
 
 def test_vllm_engine_generates_n_per_request_and_is_seeded(vllm_engine):
@@ -30,6 +33,13 @@ def test_vllm_engine_generates_n_per_request_and_is_seeded(vllm_engine):
     assert out[0].prompt_tokens == out[1].prompt_tokens > 0
     again = vllm_engine.generate(reqs, sampling)
     assert [g.text for r in again for g in r.generations] == [g.text for r in out for g in r.generations]
+
+
+def test_vllm_engine_greedy_repeats_its_one_answer(vllm_engine):
+    prompt = vllm_engine.render_chat([{"role": "user", "content": "Score these responses."}])
+    out = vllm_engine.generate([GenerationRequest(prompt, 3, seed=5)], SamplingConfig(temperature=0.0, max_tokens=16))
+    texts = [g.text for g in out[0].generations]
+    assert len(texts) == 3 and len(set(texts)) == 1
 
 
 def test_sample_job_on_vllm(ray_local, tiny_model, tmp_path):
