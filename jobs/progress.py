@@ -31,10 +31,11 @@ class Progress:
         self.start = time.monotonic()
         self.last = 0.0
         self.samples = 0
+        self.quarantined = 0  # input rows set aside: they count as handled
         self.rows = 0
         self.failures = 0
         self.tokens = 0
-        self._printed: tuple[int, int] | None = None  # (samples, rows) at the last line
+        self._printed: tuple[int, int, int] | None = None  # (samples, quarantined, rows) at the last line
         self._first: tuple[float, int] | None = None  # (time, rows) when the first shard landed
         self._last_t = 0.0
 
@@ -59,18 +60,21 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        pct = 100.0 * self.samples / self.total if self.total else 100.0
+        handled = self.samples + self.quarantined
+        pct = 100.0 * handled / self.total if self.total else 100.0
         rate = self.rows / elapsed
         fail = 100.0 * self.failures / self.rows if self.rows else 0.0
         eta = ""
-        if 0 < self.samples < self.total:
-            eta = f" | eta {fmt_duration(elapsed * (self.total - self.samples) / self.samples)}"
+        if 0 < handled < self.total:
+            eta = f" | eta {fmt_duration(elapsed * (self.total - handled) / handled)}"
+        aside = f", {self.quarantined} quarantined" if self.quarantined else ""
         return (
-            f"[{self.job}] {self.samples}/{self.total} samples ({pct:.0f}%) | {self.rows} {self.unit} | "
+            f"[{self.job}] {handled}/{self.total} samples ({pct:.0f}%{aside}) | {self.rows} {self.unit} | "
             f"{rate:.1f} {self.unit}/s | parse fail {fail:.1f}% | {fmt_duration(elapsed)}{eta}"
         )
 
     def print(self) -> None:
-        if self._printed != (self.samples, self.rows):  # the final call repeats nothing already shown
+        state = (self.samples, self.quarantined, self.rows)
+        if self._printed != state:  # the final call repeats nothing already shown
             print(self.line(), file=self.stream, flush=True)
-            self._printed = (self.samples, self.rows)
+            self._printed = state

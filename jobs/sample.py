@@ -224,7 +224,9 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     print(f"[{job}] {rows_in} samples in {len(files)} file(s), {len(done)} already done; k={cfg.k}; {cfg.engine} on {where}", file=stream)
     timer.mark("prepared")
     progress = Progress(job, total=max(rows_in - len(done), 0), stream=stream)
+    quarantined_before = sum(out.quarantine_counts().values())
     execute(build_stages(cfg, out, done, duplicates), files, in_fs, progress)
+    progress.quarantined = sum(out.quarantine_counts().values()) - quarantined_before
     progress.print()
     timer.mark("generated")
     counts = summarize(out, rows_in)

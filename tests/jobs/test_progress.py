@@ -20,6 +20,11 @@ def test_progress_line_rates_and_final_print():
     printed = out.getvalue().count("\n")
     p.print()  # nothing new since the last line: not repeated
     assert out.getvalue().count("\n") == printed
+    p.update(3, 12, 0)
+    p.quarantined = 2  # set aside by validation: handled too, so the last line reaches 100%
+    p.print()
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("[sample] 10/10 samples (100%, 2 quarantined) | 32 traj") and "eta" not in last
 
 
 def test_fmt_duration():
