@@ -107,25 +107,33 @@ class ParquetShardWriter:
             self._writer.write_table(table.cast(self.schema))
             self.rows += len(table)
 
-    def close(self) -> None:
+    def close(self, publish: bool = True) -> None:
+        """Finish the file and make it visible, or (``publish=False``) throw it away."""
         self._writer.close()
         if self._file is not None:
-            self._file.close()
-        elif self.rows:
+            if publish:
+                self._file.close()
+            else:
+                self._file.discard()  # fsspec: the object is never created
+        elif self.rows and publish:
             os.replace(self._tmp, self.path)
         else:
             os.remove(self._tmp)  # an empty shard is not written at all
 
 
-def write_parquet_atomic(fs, path: str, table, schema) -> None:
+def write_parquet_atomic(fs, path: str, table, schema, publish_if=None) -> bool:
     """Write one Parquet file (non-empty ``table``) so readers see all of it or none of it.
 
     Local: a temporary file beside the target, then a rename. Object stores (S3): a PUT is
-    already atomic, so the object is written in place.
+    already atomic, so the object is written in place. ``publish_if``: a check made when the file
+    is complete, just before it becomes visible; if it returns False the file is thrown away.
+    Returns whether the file was published.
     """
     writer = ParquetShardWriter(fs, path, schema)
     writer.write(table)
-    writer.close()
+    publish = publish_if() if publish_if is not None else True
+    writer.close(publish=publish)
+    return publish
 
 
 def write_text_atomic(fs, path: str, text: str) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -43,9 +44,31 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class RunToken:
+    """Which run owns an output directory: the id ``OutputDir.prepare`` wrote in ``_run.json``.
+
+    Workers check it just before publishing a shard. A run killed with SIGKILL can leave workers
+    that finish their batch a second or two later; if a re-run has started meanwhile, it wrote a
+    new id, and their shards (whose samples the re-run does again) are thrown away instead of
+    landing twice. Picklable: it travels to the workers with the stage arguments.
+    """
+
+    fs: Any
+    path: str
+    run_id: str
+
+    def current(self) -> bool:
+        try:
+            return json.loads(self.fs.cat_file(self.path)).get("run_id") == self.run_id
+        except FileNotFoundError:
+            return False
+
+
 @dataclass
 class OutputDir:
     uri: str
+    run: RunToken | None = field(default=None, init=False)  # set by prepare
 
     def __post_init__(self) -> None:
         self.fs, self.path = storage.resolve(self.uri)
@@ -112,7 +135,8 @@ class OutputDir:
         elif self.parts():
             raise TribunalError(f"{self.display()} has part files but no {RUN_FILE}: not a tribunal output; use another --output")
         storage.clean_temporaries(self.fs, self.path)
-        storage.write_text_atomic(self.fs, run_path, json.dumps({"settings": settings}, indent=2, sort_keys=True))
+        self.run = RunToken(self.fs, run_path, uuid.uuid4().hex)
+        storage.write_text_atomic(self.fs, run_path, json.dumps({"settings": settings, "run_id": self.run.run_id}, indent=2, sort_keys=True))
         return self.done_ids()
 
     def done_ids(self) -> pa.Array:

@@ -126,6 +126,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                     "duplicate_ids": duplicate_ids,
                     "quarantine_dir": out.quarantine,
                     "fs": out.fs,
+                    "run": out.run,
                 },
             },
         ),
@@ -150,7 +151,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
         StagePlan(
             "write",
             write_stage,
-            {"batch_format": "pyarrow", "batch_size": None, "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "schema": arrow.TRAJECTORY}},
+            {"batch_format": "pyarrow", "batch_size": None, "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "schema": arrow.TRAJECTORY, "run": out.run}},
         ),
     ]
 

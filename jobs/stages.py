@@ -79,6 +79,7 @@ def validate_stage(
     duplicate_ids: frozenset,
     quarantine_dir: str,
     fs,
+    run=None,
 ) -> pa.Table:
     """Raw input rows -> canonical samples (``arrow.SAMPLE``) the template can take.
 
@@ -108,7 +109,7 @@ def validate_stage(
         quarantined = quarantined.filter(pc.invert(pc.is_in(quarantined[c.ID], value_set=done_ids)))
     if len(quarantined):
         ids = quarantined[c.ID].to_pylist() + quarantined[c.RAW].to_pylist()
-        write_parquet_atomic(fs, join(quarantine_dir, shard_name(ids)), quarantined, arrow.QUARANTINE)
+        write_parquet_atomic(fs, join(quarantine_dir, shard_name(ids)), quarantined, arrow.QUARANTINE, publish_if=run and run.current)
     return valid
 
 
@@ -194,7 +195,7 @@ STATS = pa.schema(
 )
 
 
-def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema) -> pa.Table:
+def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema, run=None) -> pa.Table:
     """Write one block as one atomic shard; emit one row of counts for the driver's progress line.
 
     A block holds whole samples (the generate stage emits all rows of a sample together), so a
@@ -209,7 +210,8 @@ def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema) -> pa.T
     require(batch, "write_stage", (c.ID,))
     ids = batch[c.ID].to_pylist()
     name = shard_name([f"{i}\x1e{j}" for i, j in zip(ids, range(len(ids)))])
-    write_parquet_atomic(fs, join(out_dir, name), batch, schema)
+    if not write_parquet_atomic(fs, join(out_dir, name), batch, schema, publish_if=run and run.current):
+        return pa.Table.from_pylist([], schema=STATS)  # a newer run owns the output: this batch is its to do
 
     def count(col: str, fn) -> int:
         return int(fn(batch[col]).as_py() or 0) if col in batch.column_names else 0

@@ -51,3 +51,33 @@ def test_validate_stage_keys_every_quarantined_row_and_skips_done_ids(tmp_path):
     done = pa.array([valid[c.ID][0].as_py(), q[c.ID][0].as_py()])
     again = validate_stage(raw, done_ids=done, **kwargs)
     assert again.num_rows == 0 and pq.read_table(tmp_path / "q").num_rows == 1
+
+
+def test_a_killed_runs_late_shards_are_thrown_away_once_a_rerun_owns_the_output(tmp_path):
+    """The SIGKILL race: a worker of the killed run finishing its batch after the re-run started."""
+    import pyarrow.parquet as pq
+
+    from jobs.outputs import OutputDir
+    from jobs.stages import validate_stage, write_stage
+
+    out = OutputDir(str(tmp_path / "traj"))
+    out.prepare({"k": 2})
+    killed = out.run
+    assert killed.current()
+    out.prepare({"k": 2})  # the re-run
+    assert out.run.current() and not killed.current()
+
+    traj = pa.Table.from_pylist([{c.ID: "s1", c.SAMPLE_INDEX: 0, c.HINTED: False}])
+    stats = write_stage(traj, out_dir=out.path, fs=out.fs, schema=traj.schema, run=killed)
+    assert stats.num_rows == 0 and not list((tmp_path / "traj").glob("*.parquet"))
+    assert not [p for p in (tmp_path / "traj").iterdir() if p.name.startswith(".tmp-")]
+    stats = write_stage(traj, out_dir=out.path, fs=out.fs, schema=traj.schema, run=out.run)
+    assert stats.num_rows == 1 and pq.read_table(tmp_path / "traj")[c.ID].to_pylist() == ["s1"]
+
+    raw = pa.Table.from_pylist([{"responses": None, "prompt": None}])  # quarantined
+    kwargs = dict(need_unique_max=True, n_range=(1, None), require_labels=False, duplicate_ids=frozenset(),
+                  done_ids=pa.array([], pa.string()), quarantine_dir=out.quarantine, fs=out.fs)
+    validate_stage(raw, run=killed, **kwargs)
+    assert not (tmp_path / "traj" / "_quarantine").exists() or not list((tmp_path / "traj" / "_quarantine").glob("*.parquet"))
+    validate_stage(raw, run=out.run, **kwargs)
+    assert len(list((tmp_path / "traj" / "_quarantine").glob("*.parquet"))) == 1
