@@ -258,7 +258,7 @@ def duplicate_input_ids(fs, files: list[str], batch_rows: int = 65_536) -> froze
         # Rows sharing a hash share their raw content (a 64-bit collision aside): one row of each
         # such group gets its exact derived id, which counts for the whole group.
         h, where = np.concatenate(hashes), np.concatenate(places)
-        values, first, sizes = np.unique(h, return_index=True, return_counts=True)
+        _, first, sizes = np.unique(h, return_index=True, return_counts=True)
         groups = sizes > 1
         representatives, sizes = where[first[groups]], sizes[groups]
         derived: Counter = Counter()

@@ -223,8 +223,3 @@ def chats(frame: pl.DataFrame | pl.LazyFrame, prompt: list[Part], completion: st
     kept, pieces = _pieces_of(frame, [*prompt, text], [*keep, text.str.len_bytes().alias("_answer")])
     answer = kept.column("_answer").to_numpy().astype(np.int64)
     return Chats(kept.drop_columns(["_answer"]), pieces, answer)
-
-
-def chat_table(frame: pl.DataFrame | pl.LazyFrame, prompt: list[Part], completion: str, keep: list[pl.Expr]) -> pa.Table:
-    """``chats(...).table()``: the ``keep`` columns plus ``messages``."""
-    return chats(frame, prompt, completion, keep).table()

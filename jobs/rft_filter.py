@@ -129,11 +129,6 @@ def verdicts(traj: pl.DataFrame, mode: str) -> tuple[pl.DataFrame, pl.DataFrame]
     return t, per_sample
 
 
-def verdict_frame(traj: pl.DataFrame, mode: str) -> pl.DataFrame:
-    """``traj`` with ``verdict`` and ``outcome`` added (see ``verdicts``)."""
-    return verdicts(traj, mode)[0]
-
-
 def sft_chats(t: pl.DataFrame, template):
     """Accepted trajectories as ``render_frame.Chats`` for SFT rows (``arrow.SFT``): the user turn
     exactly as the GRM saw it (hint line included), the completion as the assistant turn."""

@@ -227,11 +227,11 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     progress = Progress(job, total=max(rows_in - len(done), 0), stream=stream)
     quarantined_before = sum(out.quarantine_counts().values())
     execute(build_stages(cfg, out, done, duplicates), files, in_fs, progress)
-    progress.quarantined = sum(out.quarantine_counts().values()) - quarantined_before
-    progress.print()
     timer.mark("generated")
     counts = summarize(out, rows_in)
     timer.mark("summarized")
+    progress.quarantined = counts["quarantined"] - quarantined_before
+    progress.print()
     gen_s = max(timer.marks["generated"] - timer.marks["prepared"], 1e-9)
     steady = progress.steady_rate()
     elapsed = time.time() - timer.start

@@ -183,8 +183,8 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
                 "vote needs each sample's trajectories in one shard (as `sample` writes them)"
             )
         ids = votes[c.ID]
-        name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))]) if len(ids) else f"part-empty-{i}.parquet"
         if len(ids):
+            name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
             storage.write_parquet_atomic(out.fs, storage.join(out.path, name), to_arrow_votes(votes), arrow.VOTE)
         totals["samples"] += len(votes)
         totals["trajectories"] += int(votes[c.K].sum())

@@ -321,7 +321,6 @@ def content_ids(table: pa.Table, where: str = "input batch") -> list[str | None]
     return out
 
 
-
 # --- batch level --------------------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ def test_grm_prompt_matches_protocol(name, uniform):
 def test_metarm_chats_match_protocol():
     rows = frame(2)
     df = pl.DataFrame(rows).with_columns(pl.lit("the critique").alias(c.TEXT))
-    got = rf.chat_table(df, rf.metarm_prompt_parts(rf.Shape.of(df)), c.TEXT, [])[c.MESSAGES].to_pylist()
+    got = rf.chats(df, rf.metarm_prompt_parts(rf.Shape.of(df)), c.TEXT, []).table()[c.MESSAGES].to_pylist()
     want = [build_metarm_messages(r[c.CONTEXT], [r[c.RESPONSES][i] for i in r[c.PERMUTATION]], "the critique") for r in rows]
     assert got == want
 
@@ -50,14 +50,14 @@ def test_metarm_chats_match_protocol():
 def test_chats_of_a_slice_with_null_and_unicode_completions():
     df = pl.DataFrame(frame(3)).with_columns(pl.Series(c.TEXT, ["t ✓ " * (i % 3) if i % 4 else None for i in range(60)]))
     part = df.slice(7, 30)  # does not start at row 0 of its buffers
-    table = rf.chat_table(part.lazy().filter(pl.col(c.ID) != "9"), ["Q: ", pl.col(c.ID)], c.TEXT, [pl.col(c.ID)])
+    table = rf.chats(part.lazy().filter(pl.col(c.ID) != "9"), ["Q: ", pl.col(c.ID)], c.TEXT, [pl.col(c.ID)]).table()
     assert table.column_names == [c.ID, c.MESSAGES]
     got = table[c.MESSAGES].to_pylist()
     part = part.filter(pl.col(c.ID) != "9")
     want = [[{"role": "user", "content": f"Q: {r[c.ID]}"}, {"role": "assistant", "content": r[c.TEXT] or ""}] for r in part.to_dicts()]
     assert got == want
     assert table[c.ID].to_pylist() == part[c.ID].to_list()
-    assert rf.chat_table(part.clear(), ["Q"], c.TEXT, [])[c.MESSAGES].to_pylist() == []
+    assert rf.chats(part.clear(), ["Q"], c.TEXT, []).table()[c.MESSAGES].to_pylist() == []
 
 
 def test_letters_past_z_follow_protocol():

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, make_rows, write_samples
 from test_sample_job import run_then_kill
 from jobs import grm_math as gm
-from jobs.rft_filter import verdict_frame, verdicts
+from jobs.rft_filter import verdicts
 from schemas import arrow
 from schemas import columns as c
 
@@ -57,7 +57,7 @@ def test_correctness_feeding_the_funnel_n1_and_ties():
 
 @pytest.mark.parametrize("scattered", [False, True], ids=["together", "scattered"])
 @pytest.mark.parametrize("mode", gm.HINT_MODES)
-def test_verdict_frame_matches_pure_rule(mode, scattered):
+def test_verdicts_match_pure_rule(mode, scattered):
     rng = random.Random(mode)
     rows = []
     for s in range(400):
@@ -125,7 +125,7 @@ def test_rft_job_end_to_end(ray_local, tiny_model, s3_server, tmp_path):
     assert sorted(q[c.REASON].to_pylist()) == ["labels_no_unique_max", "no_labels", "no_labels"]
 
     # Stored verdicts (row-wise rule in the actor) == the column-wise filter's verdicts.
-    recomputed = verdict_frame(pl.from_arrow(traj.select([c.ID, c.SAMPLE_INDEX, c.HINTED, c.CORRECT, c.PARSE_ERROR])), "auto")
+    recomputed, _ = verdicts(pl.from_arrow(traj.select([c.ID, c.SAMPLE_INDEX, c.HINTED, c.CORRECT, c.PARSE_ERROR])), "auto")
     stored = {(r[c.ID], r[c.SAMPLE_INDEX], r[c.HINTED]): (r[c.VERDICT], r[c.OUTCOME]) for r in traj.to_pylist()}
     for r in recomputed.iter_rows(named=True):
         assert stored[(r[c.ID], r[c.SAMPLE_INDEX], r[c.HINTED])] == (r[c.VERDICT], r[c.OUTCOME])
