@@ -12,6 +12,7 @@ from tribunal.schemas.errors import TribunalError
 
 # command -> (module, config class, one-line description)
 COMMANDS = {
+    "demo": ("tribunal.jobs.demo", "DemoConfig", "the README demo: the committed toy GRM and meta-RM on held-out samples (sample, meta-RM, vote, eval)"),
     "label": ("tribunal.jobs.label", "LabelConfig", "sample k trajectories per sample, then vote (one command)"),
     "sample": ("tribunal.jobs.sample", "SampleConfig", "draw k GRM trajectories per sample (GPU-heavy part)"),
     "vote": ("tribunal.jobs.vote", "VoteConfig", "k-way voting over trajectory shards (cheap CPU part)"),
@@ -24,6 +25,7 @@ COMMANDS = {
     "export": ("tribunal.jobs.export", "ExportConfig", "kept rollouts as verl or OpenRLHF Parquet"),
     "metarm-score": ("tribunal.jobs.metarm_score", "MetaRmScoreConfig", "score trajectories with a meta-RM (adds meta_score; then vote --k-meta)"),
     "train": ("tribunal.training.trainer", None, "train the GRM (train sft) or the meta-RM (train metarm) with DeepSpeed on this machine"),
+    "recipe": ("tribunal.training.toy.recipe", None, "recipe toy-grm: train the toy GRM and meta-RM with tribunal's own jobs (SPCT in miniature)"),
     "build-tiny-model": ("tribunal.training.tiny_model", None, "build a small local GRM for tests and demos (no downloads)"),
 }
 

@@ -1,8 +1,16 @@
-"""Demo data: small labelled preference samples, made locally (no dataset download).
+"""demo: the README's main command, and small synthetic data for tests and benches.
 
-``python -m tribunal.jobs.demo --output demo/samples.parquet`` writes arithmetic questions, each with a
-correct and a wrong answer (labels 1/0, in random order), in the three accepted input forms,
-plus two malformed rows so the demo shows quarantine at work.
+``tribunal demo`` runs the real pipeline (embedded local Ray, local files) with the toy GRM and
+meta-RM committed in ``training/toy/models/`` (trained by ``tribunal recipe toy-grm``) on
+held-out toy samples: sample k = 16 trajectories per sample, score them with the meta-RM, vote,
+and evaluate voting and meta-RM guided voting at k = 1, 2, 4, 8, 16 (``tribunal eval``): the table
+is printed, the plot written.
+
+Run::
+
+    tribunal demo [--output demo/run] [--samples 100] [--k 16]
+
+The helpers below make deterministic synthetic samples and rollouts for tests and benches.
 """
 
 from __future__ import annotations
@@ -10,7 +18,10 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
 
 
 def demo_rows(count: int = 32, seed: int = 0) -> list[dict]:
@@ -57,16 +68,74 @@ def write_demo_samples(path: str | Path, count: int = 32, seed: int = 0) -> Path
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tribunal.jobs.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--output", required=True, help="Parquet file to write")
-    p.add_argument("--count", type=int, default=32, help="labelled samples (two malformed rows are added)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    path = write_demo_samples(args.output, args.count, args.seed)
-    print(f"wrote {args.count + 2} demo samples to {path}")
-    return 0
+# ---------------------------------------------------------------------------------------------
+# `tribunal demo`: the committed toy GRM and meta-RM (training/toy) on held-out toy samples.
 
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The README's main command: the real pipeline with the committed toy GRM and meta-RM."""
+
+    output: str = opt("demo/run", "run directory (samples, trajectories, meta scores, votes, the eval report)")
+    samples: int = opt(100, "held-out toy samples (the test split: never trained on)")
+    k: int = opt(16, "trajectories per sample; the report votes at every power of two up to k")
+    model: str = opt("", "GRM directory (default: the committed toy GRM)")
+    meta_rm: str = opt("", "meta-RM directory (default: the committed toy meta-RM)")
+    seed: int = opt(0, "seed of the samples and of sampling")
+    temperature: float = opt(1.0, "sampling temperature")
+    batch_size: int = opt(25, "samples per engine call")
+    engine: str = opt("transformers", "generation backend (vllm: needs vLLM installed)", choices=("transformers", "vllm"))
+    greedy: bool = opt(True, "also run a greedy (temperature 0) pass, reported beside the curves")
+    address: str | None = opt(None, "Ray cluster address (default: an embedded local Ray)")
+
+    def __post_init__(self) -> None:
+        check(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+
+
+def run(cfg: DemoConfig, *, stream=None) -> dict:
+    from tribunal.jobs import eval as eval_job
+    from tribunal.jobs import label
+    from tribunal.training.toy import recipe, task
+
+    stream = stream or sys.stderr
+    out = Path(cfg.output)
+    model = cfg.model or str(recipe.COMMITTED / "toy-grm")
+    meta_rm = cfg.meta_rm or str(recipe.COMMITTED / "toy-metarm")
+    samples = out / "samples.parquet"
+    recipe.write_samples(task.samples(cfg.samples, seed=cfg.seed, split="test", prefix="test-"), samples)
+    print(f"[demo] {cfg.samples} held-out toy samples -> {samples}", file=stream)
+    print(f"[demo] label: sample k={cfg.k} with {model}, score with the meta-RM {meta_rm}, vote", file=stream)
+    label.run(label.LabelConfig(
+        input=str(samples), output=str(out / "label"), model=model, meta_rm=meta_rm, k=cfg.k, template=task.TEMPLATE,
+        temperature=cfg.temperature, max_tokens=160, batch_size=cfg.batch_size, seed=cfg.seed, address=cfg.address,
+        overwrite=True, tie="random", engine=cfg.engine,
+    ), stream=stream)
+    if cfg.greedy:
+        from tribunal.jobs import sample
+
+        print("[demo] greedy pass (temperature 0, one trajectory per sample)", file=stream)
+        sample.run(sample.SampleConfig(
+            input=str(samples), output=str(out / "greedy"), model=model, k=1, template=task.TEMPLATE, temperature=0.0,
+            max_tokens=160, batch_size=cfg.batch_size, seed=cfg.seed, address=cfg.address, overwrite=True, engine=cfg.engine,
+        ), stream=stream)
+    ks = ",".join(str(2**i) for i in range(cfg.k.bit_length()) if 2**i <= cfg.k)
+    report = eval_job.run(eval_job.EvalConfig(
+        input=str(out / "label" / "scored"), output=str(out / "eval"), ks=ks, samples=str(samples), seed=cfg.seed,
+        greedy=str(out / "greedy") if cfg.greedy else "",
+    ), stream=stream)
+    print(f"[demo] done: table {out / 'eval' / 'report.md'}, plot {out / 'eval' / 'scaling.png'}", file=stream)
+    return report
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, DemoConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tribunal.jobs.cli import run_main
+
+    return run_main("demo", argv)
 
 
 def synthetic_rollouts(prompts: int, per_prompt: int = 8, seed: int = 0, with_text: bool = True, first_prompt: int = 0):

@@ -435,9 +435,19 @@ def launch_command(task: str, argv: list[str], nproc: int) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # torchrun's argparse reads abbreviations even after the module name: a rank's `--nproc N`
+    # would be taken as an ambiguous `--nproc-per-node`. Ranks learn the world size from torchrun.
+    rank_argv, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rank_argv.append(a)
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
             "--master-addr", "127.0.0.1", "--master-port", str(port),
-            "-m", "tribunal.training.trainer", task, *argv]
+            "-m", "tribunal.training.trainer", task, *rank_argv]
 
 
 def main(argv: list[str] | None = None) -> int:

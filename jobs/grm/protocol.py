@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tribunal.schemas.errors import TribunalError
 
-BUILTIN_TEMPLATES = ("default", "single", "rm_r1_pairwise")
+BUILTIN_TEMPLATES = ("default", "single", "rm_r1_pairwise", "toy", "toy_single")
 PARSERS = ("scores", "pairwise")
 PARSE_ERRORS = ("no_scores", "wrong_count", "not_integer", "out_of_range", "truncated")
 
