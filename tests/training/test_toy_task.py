@@ -55,10 +55,11 @@ def test_samples_have_a_unique_correct_response_and_the_expected_shapes():
             assert len(set(values)) == len(values)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_teacher_trajectories_parse_and_are_correct_under_the_real_rules(seed):
+@pytest.mark.parametrize("seed,style", [(0, "plain"), (1, "echo")])
+def test_teacher_trajectories_parse_and_are_correct_under_the_real_rules(seed, style):
     rows = task.samples(400, seed=seed, split="train", single_share=0.2)
-    teacher = task.teacher_rows(rows, seed=seed, per_sample=2)
+    teacher = task.teacher_rows(rows, seed=seed, per_sample=2, style=style)
+    assert all((", answer " in t["completion"][0]["content"]) == (style == "echo") for t in teacher)
     assert len(teacher) == 2 * len(rows)
     by_id = {r["id"]: r for r in rows}
     for t in teacher:
@@ -82,6 +83,8 @@ def test_teacher_permutations_vary():
     assert len(views) > 3
 
 
-def test_questions_rejects_unknown_split():
+def test_questions_rejects_unknown_split_and_style():
     with pytest.raises(ValueError, match="split"):
         next(task.questions(random.Random(0), "validation"))
+    with pytest.raises(ValueError, match="style"):
+        task.teacher_rows(task.samples(1, seed=0, split="train"), seed=0, style="verbose")

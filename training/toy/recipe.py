@@ -5,10 +5,12 @@ after a kill goes on where it stopped):
 
 1. ``base/``: a byte-level BPE tokenizer (digits split) trained on the toy templates and task text,
    and a randomly initialised Llama causal LM (head_dim 64, so vLLM accepts it);
-2. cold start, in ``--teacher-stages`` (default three): each stage writes fresh teacher
+2. cold start, in ``--teacher-stages`` (default four): each stage writes fresh teacher
    trajectories for training samples (``training.toy.task``) as an SFT corpus (``teacher/``,
    ``teacher2/``, ...) and runs ``tribunal train sft`` on it for one epoch from the previous stage's
-   model (``sft/``, ``sft2/``, ...); the last stage's learning rate is lower;
+   model (``sft/``, ``sft2/``, ...). The learning rate steps down; the last stage switches to the
+   ``echo`` analysis style (the worked answer repeated beside each response's value), which the
+   tiny model, having learnt the arithmetic, compares far more reliably;
 3. ``rft/``: ``tribunal rft`` with that GRM on fresh training samples (``--n-rft`` trajectories
    each, hinted sampling ``auto``): rejective sampling writes the RFT corpus and the meta-RM corpus;
 4. ``metarm/``: ``tribunal train metarm`` on the meta-RM corpus, from the GRM's weights;
@@ -50,7 +52,10 @@ class ToyRecipeConfig:
     output: str = opt("runs/toy", "run directory (every step's output; a re-run resumes)")
     export: str | None = opt(None, "copy the final GRM and meta-RM here as toy-grm/ and toy-metarm/ (bfloat16)")
     seed: int = opt(0, "seed of the data, the tokenizer corpus and the model initialisation")
-    teacher_stages: str = opt("8000:2e-3,24000:2e-3,28800:1.5e-3", "cold-start SFT stages, SAMPLES:LR each: every stage trains one epoch on fresh teacher samples, from the previous stage's model")
+    teacher_stages: str = opt(
+        "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo",
+        "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain or echo, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
+    )
     rft_samples: int = opt(1000, "training samples for rejective sampling with the cold-start GRM")
     n_rft: int = opt(4, "non-hinted trajectories per RFT sample")
     single_share: float = opt(0.15, "share of single-response (0/1) samples in the training data")
@@ -60,16 +65,21 @@ class ToyRecipeConfig:
     metarm_lr: float = opt(5e-4, "meta-RM learning rate")
     micro_batch: int = opt(32, "examples per micro-batch (one process)")
     temperature: float = opt(1.0, "sampling temperature of the RFT and dev runs")
-    max_tokens: int = opt(160, "generation budget per trajectory")
+    max_tokens: int = opt(200, "generation budget per trajectory")
+    engine: str = opt("transformers", "backend of the rft step (vllm: faster, needs vLLM; on CPU its CPU build)", choices=("transformers", "vllm"))
 
-    def stages(self) -> list[tuple[int, float]]:
+    def stages(self) -> list[tuple[int, float, str]]:
         from tribunal.jobs.pipeline.config import check
 
+        out = []
         try:
-            out = [(int(n), float(lr)) for n, lr in (part.split(":") for part in self.teacher_stages.split(","))]
+            for part in self.teacher_stages.split(","):
+                n, lr, *style = part.split(":")
+                out.append((int(n), float(lr), style[0] if style else "plain"))
         except ValueError:
             out = []
-        check(bool(out) and all(n > 0 and lr > 0 for n, lr in out), "teacher_stages", f"must be SAMPLES:LR[,SAMPLES:LR...], got {self.teacher_stages!r}")
+        check(bool(out) and all(n > 0 and lr > 0 and st in task.STYLES for n, lr, st in out), "teacher_stages",
+              f"must be SAMPLES:LR[:STYLE][,...] with STYLE in {task.STYLES}, got {self.teacher_stages!r}")
         return out
 
 
@@ -128,6 +138,18 @@ def write_samples(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def engine_options(engine: str) -> dict:
+    """Job options for ``engine`` on this machine: with vLLM's CPU build (no CUDA), no GPU per actor
+    and a small share of RAM for the KV cache."""
+    opts: dict = {"engine": engine}
+    if engine == "vllm":
+        import torch
+
+        if not torch.cuda.is_available():
+            opts.update(num_gpus_per_actor=0, gpu_memory_utilization=0.1, dtype="float32")
+    return opts
+
+
 def _tribunal(argv: list[str], log) -> None:
     """One ``tribunal`` command, in this process, exactly as a user types it."""
     from tribunal.jobs import cli
@@ -181,13 +203,14 @@ def run(cfg: ToyRecipeConfig, log=print) -> dict:
     if not (base / "config.json").exists():
         step("base", lambda: build_base(base, cfg))
     model = base
-    for i, (count, lr) in enumerate(cfg.stages()):
+    for i, (count, lr, style) in enumerate(cfg.stages()):
         # Stage i: its own teacher samples (seed + 11 i) and directories: teacher/, sft/, teacher2/, sft2/, ...
         suffix = "" if i == 0 else str(i + 1)
         teacher, sft = out / f"teacher{suffix}", out / f"sft{suffix}"
         if not (teacher / "_manifest.json").exists():
             rows = task.samples(count, seed=cfg.seed + 11 * i, split="train", single_share=cfg.single_share, prefix=f"teach{suffix}-")
-            step(f"teacher{suffix}", lambda rows=rows, teacher=teacher, i=i: write_corpus(task.teacher_rows(rows, seed=cfg.seed + 11 * i), teacher))
+            step(f"teacher{suffix}", lambda rows=rows, teacher=teacher, i=i, style=style: write_corpus(
+                task.teacher_rows(rows, seed=cfg.seed + 11 * i, style=style), teacher))
         if not _done(sft):
             step(f"sft{suffix}", lambda teacher=teacher, sft=sft, model=model, lr=lr: _tribunal(
                 ["train", "sft", "--data", str(teacher), "--model", str(model), "--output", str(sft), "--lr", str(lr),
@@ -198,8 +221,9 @@ def run(cfg: ToyRecipeConfig, log=print) -> dict:
     if not rft_in.exists():
         # Multi-response samples only: the RFT corpus trains the meta-RM on the voting task.
         write_samples(task.samples(cfg.rft_samples, seed=cfg.seed + 1, split="train", prefix="rft-"), rft_in)
+    engine = [f"--{k.replace('_', '-')}={v}" for k, v in engine_options(cfg.engine).items()]
     if not (rft_dir / "funnel.json").exists():
-        step("rft", lambda: _tribunal(["rft", "--input", str(rft_in), "--output", str(rft_dir), "--model", str(grm),
+        step("rft", lambda: _tribunal(["rft", *engine, "--input", str(rft_in), "--output", str(rft_dir), "--model", str(grm),
                                        "--template", task.TEMPLATE, "--n-rft", str(cfg.n_rft), "--hint", "auto",
                                        "--temperature", str(cfg.temperature), "--max-tokens", str(cfg.max_tokens),
                                        "--seed", str(cfg.seed), "--batch-size", "32", "--overwrite"], log))

@@ -172,9 +172,18 @@ def worked(q: Question) -> str:
     return f"{units}; {tens}; {q.expression} = {q.answer}."
 
 
-def teacher_completion(sample: dict, view: list[int], rng: random.Random) -> str:
+STYLES = ("plain", "echo")
+
+
+def teacher_completion(sample: dict, view: list[int], rng: random.Random, style: str = "plain") -> str:
     """A correct GRM trajectory for ``sample`` with its responses shown in ``view`` order
-    (``view[i]`` = original index of the response shown at position i + 1)."""
+    (``view[i]`` = original index of the response shown at position i + 1).
+
+    ``style``: ``plain`` checks each response as "Response 1 says 71, right."; ``echo`` repeats the
+    worked answer beside each response's value ("Response 1 says 71, answer 71, right."), which
+    puts the two numbers side by side: a tiny model compares them far more reliably."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     q = _parse_question(sample["context"][-1]["content"])
     responses, labels = sample["responses"], sample["labels"]
     checks, scores = [], []
@@ -183,7 +192,8 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random) -> str
         said = _stated_value(responses[j])
         right = labels[j] == 1.0
         who = "The response" if single else f"Response {pos}"
-        checks.append(f"{who} says {said}, {'right' if right else 'wrong'}.")
+        echo = f", answer {q.answer}" if style == "echo" else ""
+        checks.append(f"{who} says {said}{echo}, {'right' if right else 'wrong'}.")
         if single:
             scores.append(1 if right else 0)
         else:
@@ -195,7 +205,7 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random) -> str
     )
 
 
-def teacher_rows(sample_rows: list[dict], *, seed: int, per_sample: int = 1) -> list[dict]:
+def teacher_rows(sample_rows: list[dict], *, seed: int, per_sample: int = 1, style: str = "plain") -> list[dict]:
     """SFT corpus rows (``schemas.arrow.SFT`` columns): ``per_sample`` teacher trajectories per
     sample, each with its own seeded permutation, prompts rendered by the jobs' own renderer."""
     from tribunal.jobs.grm import protocol
@@ -210,7 +220,7 @@ def teacher_rows(sample_rows: list[dict], *, seed: int, per_sample: int = 1) -> 
             view = list(range(n))
             rng.shuffle(view)
             prompt = protocol.build_messages(template, sample["context"], [sample["responses"][j] for j in view])
-            completion = [{"role": "assistant", "content": teacher_completion(sample, view, rng)}]
+            completion = [{"role": "assistant", "content": teacher_completion(sample, view, rng, style)}]
             out.append({
                 "id": sample["id"],
                 "sample_index": t,
