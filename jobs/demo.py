@@ -108,7 +108,7 @@ def run(cfg: DemoConfig, *, stream=None) -> dict:
     print(f"[demo] label: sample k={cfg.k} with {model}, score with the meta-RM {meta_rm}, vote", file=stream)
     label.run(label.LabelConfig(
         input=str(samples), output=str(out / "label"), model=model, meta_rm=meta_rm, k=cfg.k, template=task.TEMPLATE,
-        temperature=cfg.temperature, max_tokens=200, batch_size=cfg.batch_size, seed=cfg.seed, address=cfg.address,
+        temperature=cfg.temperature, max_tokens=256, batch_size=cfg.batch_size, seed=cfg.seed, address=cfg.address,
         overwrite=True, tie="random", **recipe.engine_options(cfg.engine),
     ), stream=stream)
     if cfg.greedy:
@@ -117,7 +117,7 @@ def run(cfg: DemoConfig, *, stream=None) -> dict:
         print("[demo] greedy pass (temperature 0, one trajectory per sample)", file=stream)
         sample.run(sample.SampleConfig(
             input=str(samples), output=str(out / "greedy"), model=model, k=1, template=task.TEMPLATE, temperature=0.0,
-            max_tokens=200, batch_size=cfg.batch_size, seed=cfg.seed, address=cfg.address, overwrite=True,
+            max_tokens=256, batch_size=cfg.batch_size, seed=cfg.seed, address=cfg.address, overwrite=True,
             **recipe.engine_options(cfg.engine),
         ), stream=stream)
     ks = ",".join(str(2**i) for i in range(cfg.k.bit_length()) if 2**i <= cfg.k)

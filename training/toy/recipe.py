@@ -53,7 +53,7 @@ class ToyRecipeConfig:
     export: str | None = opt(None, "copy the final GRM and meta-RM here as toy-grm/ and toy-metarm/ (bfloat16)")
     seed: int = opt(0, "seed of the data, the tokenizer corpus and the model initialisation")
     teacher_stages: str = opt(
-        "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo",
+        "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo,19200:1e-3:digits",
         "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain or echo, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
     )
     rft_samples: int = opt(1000, "training samples for rejective sampling with the cold-start GRM")
@@ -65,7 +65,7 @@ class ToyRecipeConfig:
     metarm_lr: float = opt(5e-4, "meta-RM learning rate")
     micro_batch: int = opt(32, "examples per micro-batch (one process)")
     temperature: float = opt(1.0, "sampling temperature of the RFT and dev runs")
-    max_tokens: int = opt(200, "generation budget per trajectory")
+    max_tokens: int = opt(256, "generation budget per trajectory")
     engine: str = opt("transformers", "backend of the rft step (vllm: faster, needs vLLM; on CPU its CPU build)", choices=("transformers", "vllm"))
 
     def stages(self) -> list[tuple[int, float, str]]:

@@ -172,7 +172,7 @@ def worked(q: Question) -> str:
     return f"{units}; {tens}; {q.expression} = {q.answer}."
 
 
-STYLES = ("plain", "echo")
+STYLES = ("plain", "echo", "digits")
 
 
 def teacher_completion(sample: dict, view: list[int], rng: random.Random, style: str = "plain") -> str:
@@ -181,7 +181,9 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random, style:
 
     ``style``: ``plain`` checks each response as "Response 1 says 71, right."; ``echo`` repeats the
     worked answer beside each response's value ("Response 1 says 71, answer 71, right."), which
-    puts the two numbers side by side: a tiny model compares them far more reliably."""
+    puts the two numbers side by side; ``digits`` also lists their digits in pairs from the units up
+    ("Response 1 says 93, answer 102, digits 3 2, 9 0, - 1, wrong."), so each comparison a tiny
+    model makes is between two adjacent tokens."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     q = _parse_question(sample["context"][-1]["content"])
@@ -192,7 +194,11 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random, style:
         said = _stated_value(responses[j])
         right = labels[j] == 1.0
         who = "The response" if single else f"Response {pos}"
-        echo = f", answer {q.answer}" if style == "echo" else ""
+        echo = f", answer {q.answer}" if style in ("echo", "digits") else ""
+        if style == "digits":  # digit pairs from the units up ("-" where a number has no digit)
+            width = max(len(said), len(str(q.answer)))
+            a, b = said.rjust(width, "-")[::-1], str(q.answer).rjust(width, "-")[::-1]
+            echo += ", digits " + ", ".join(f"{x} {y}" for x, y in zip(a, b))
         checks.append(f"{who} says {said}{echo}, {'right' if right else 'wrong'}.")
         if single:
             scores.append(1 if right else 0)
