@@ -141,7 +141,7 @@ def test_metarm_score_on_vllm_pooling_matches_transformers(vllm_device, ray_loca
         opts = {"engine": "vllm", "num_gpus_per_actor": 0 if vllm_device == "cpu" else 1, "dtype": "float32", **vllm_options(vllm_device)} \
             if engine == "vllm" else {"engine": "transformers", "device": vllm_device, "dtype": "float32"}
         m = metarm_score.run(metarm_score.MetaRmScoreConfig(input=str(src), output=str(tmp_path / engine), model=str(model), batch_size=4,
-                                                            num_cpus_per_actor=1.0, **opts))
+                                                            num_cpus_per_actor=0.5, **opts))  # reads and writes need the rest
         assert m["counts"]["reconciled"] and m["counts"]["rows_out"] == 8
         scores[engine] = {(r[c.ID], r[c.SAMPLE_INDEX]): r[c.META_SCORE] for r in pq.read_table(tmp_path / engine).to_pylist()}
     assert scores["vllm"].keys() == scores["transformers"].keys()
