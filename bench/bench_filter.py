@@ -4,8 +4,8 @@ Generates ``--rows`` scored rollouts (8 per prompt, prompt text, response, refer
 ~2% nulls; shards of 1M rows in shuffled order, as a sharded ``score`` run leaves them). Then,
 each in its own subprocess so its peak RSS (``ru_maxrss``) is its own:
 
-(a) ``tribunal.jobs.filter.run`` over all rows (stats, steps of 256 prompts, decisions + state
-    committed every 64 steps, kept rollouts written with every column);
+(a) ``tribunal.jobs.filter.run`` over all rows (stats, steps of 256 prompts, the state persisted
+    after every step, decisions committed every 64 steps, kept rollouts written with every column);
 (b) the same over the first ``--baseline-rows`` rows (whole shards), the common subset;
 (c) plain Python over that subset: ``to_pylist`` per shard, a dict of rewards per prompt,
     ``std_filter.filter_prompts`` (the library's own rule) in sorted prompt order, the kept rows
@@ -55,7 +55,12 @@ def make_data(root: Path, rows: int, seed: int) -> list[tuple[Path, int]]:
 def child_job(data: str, out: str) -> dict:
     import io
 
+    import fsspec  # noqa: F401 - imported by the job on first use: modules load before the clock starts, as for plain Python
+    import numpy  # noqa: F401
+
+    from tribunal.cluster import storage  # noqa: F401
     from tribunal.jobs.filter import FilterConfig, run
+    from tribunal.jobs.pipeline import outputs, progress  # noqa: F401
 
     t0 = time.perf_counter()
     m = run(FilterConfig(input=data, output=out, overwrite=True), stream=io.StringIO())

@@ -12,7 +12,11 @@ In one run, each part in its own subprocess (so its peak RSS, ``ru_maxrss``, is 
 (c) ``loader``: ``ShardedReader.batches`` + ``SftTask.prepare`` (tokenization) alone: examples/s,
     against the trainer's consumption in (a);
 (d) ``rss``: ``ShardedReader.batches`` over a corpus of ``--rows`` and one of 10x as many rows
-    (same row-group size), reading every row: peak RSS of each (flat = memory independent of size).
+    (same row-group size), reading every row: peak RSS of each (flat = memory independent of size);
+(e) ``bucketed``: (a) again with length bucketing (``--bucket-window``, default 8 global batches),
+    same steps, same rows per epoch; and ``padding``: the reader + ``SftTask.prepare`` without and
+    with bucketing over the same steps, counting the padded positions the model computes
+    (batch x longest row) against the real tokens.
 
 Prints the ratio (a)/(b) (goal >= 0.9), loader examples/s vs trainer examples/s, and the peak RSS
 at 1x and 10x. Nothing here asserts on time.
@@ -57,11 +61,11 @@ def write_corpus(root: Path, rows: int, row_group: int = 256, per_file: int = 50
     return str(root)
 
 
-def _cfg(args, output: str):
+def _cfg(args, output: str, bucket: int = 0):
     from tribunal.training.trainer import CONFIGS, TrainConfig
 
     return TrainConfig(data=args.data, model=args.model, output=output, deepspeed=str(CONFIGS / "zero0.json"), micro_batch=args.micro_batch,
-                       lr=1e-4, max_steps=args.steps, log_every=1, save_every=10**9, max_len=512, nproc=1, seed=0)
+                       lr=1e-4, max_steps=args.steps, log_every=1, save_every=10**9, max_len=512, nproc=1, seed=0, bucket_window=bucket)
 
 
 def child_trainer(args) -> dict:
@@ -70,7 +74,7 @@ def child_trainer(args) -> dict:
     out = tempfile.mkdtemp(prefix="bench_train_")
     os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(args.port)})
     t0 = time.perf_counter()
-    train(_cfg(args, out), "sft")
+    train(_cfg(args, out, args.bucket), "sft")
     wall = time.perf_counter() - t0
     recs = [json.loads(l) for l in Path(out, "train_log.jsonl").read_text().splitlines()]
     steps = [r for r in recs if r.get("event") == "train"][args.warmup :]  # log_every=1: one record per step
@@ -129,6 +133,24 @@ def child_loader(args) -> dict:
     return {"examples_per_s": n / (time.perf_counter() - t0), "examples": n}
 
 
+def child_padding(args) -> dict:
+    """Positions computed (micro-batch x its longest row) and real tokens over one epoch."""
+    from tribunal.training.data import Corpus, ShardedReader
+    from tribunal.training.sft import SftTask
+
+    task = SftTask(_cfg(args, tempfile.mkdtemp()), 1)
+    out = {}
+    for bucket in (0, args.bucket_window):
+        reader = ShardedReader(Corpus.open(args.data, SftTask.REQUIRED), 0, 1, args.micro_batch, 1, 0, 8, bucket_window=bucket)
+        padded = real = 0
+        for mb in reader.batches(0, 1):  # one epoch: the same rows either way
+            p = task.prepare(mb.rows, {})
+            padded += p.tensors["input_ids"].numel()
+            real += p.tokens
+        out[f"bucket{bucket}"] = {"positions": padded, "tokens": real, "padding_share": 1 - real / padded}
+    return out
+
+
 def child_rss(args) -> dict:
     import resource
 
@@ -151,34 +173,55 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--port", type=int, default=29573)
+    p.add_argument("--bucket-window", type=int, default=8, help="global batches per length-bucketing window in (e)")
+    p.add_argument("--only", help="comma-separated parts to run (trainer,bare,loader,rss,bucketed,padding; default all)")
+    p.add_argument("--bucket", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
-    p.add_argument("--child", choices=("trainer", "bare", "loader", "rss"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("trainer", "bare", "loader", "rss", "padding"), help=argparse.SUPPRESS)
     p.add_argument("--child-result", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        r = {"trainer": child_trainer, "bare": child_bare, "loader": child_loader, "rss": child_rss}[args.child](args)
+        r = {"trainer": child_trainer, "bare": child_bare, "loader": child_loader, "rss": child_rss, "padding": child_padding}[args.child](args)
         return finish_child(args.child_result, r)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_data_"))
+    only = set(args.only.split(",")) if args.only else {"trainer", "bare", "loader", "rss", "bucketed", "padding"}
     data = write_corpus(tmp / "x1", args.rows)
-    rss1 = write_corpus(tmp / "rss1", args.rss_rows)
-    data10 = write_corpus(tmp / "rss10", args.rss_rows * 10)
     common = ["--model", args.model, "--rows", str(args.rows), "--steps", str(args.steps), "--warmup", str(args.warmup),
-              "--micro-batch", str(args.micro_batch), "--port", str(args.port)]
+              "--micro-batch", str(args.micro_batch), "--port", str(args.port), "--bucket-window", str(args.bucket_window)]
+    runs = [("trainer", data, []), ("bare", data, []), ("loader", data, []), ("bucketed", data, ["--bucket", str(args.bucket_window)]),
+            ("padding", data, [])]
+    if "rss" in only:
+        runs += [("rss", write_corpus(tmp / "rss1", args.rss_rows), []), ("rss10", write_corpus(tmp / "rss10", args.rss_rows * 10), [])]
     res = {}
-    for name, d in (("trainer", data), ("bare", data), ("loader", data), ("rss", rss1), ("rss10", data10)):
-        child = "rss" if name.startswith("rss") else name
-        res[name] = spawn(__file__, [*common, "--data", d, "--child", child])
-    a, b = res["trainer"], res["bare"]
+    for name, d, extra in runs:
+        if name not in only and not (name == "rss10" and "rss" in only):
+            continue
+        child = {"rss10": "rss", "bucketed": "trainer"}.get(name, name)
+        res[name] = spawn(__file__, [*common, "--data", d, "--child", child, *extra])
     print(json.dumps(res, indent=2))
-    print(f"train sft (DeepSpeed ZeRO-0, 1 process): {a['tokens_per_s']:,.0f} tok/s; bare PyTorch loop: {b['tokens_per_s']:,.0f} tok/s; "
-          f"ratio {a['tokens_per_s'] / b['tokens_per_s']:.3f} (goal >= 0.9)")
-    print(f"loader + tokenization: {res['loader']['examples_per_s']:,.0f} examples/s vs trainer consumption {a['examples_per_s']:,.1f} examples/s "
-          f"({res['loader']['examples_per_s'] / a['examples_per_s']:.0f}x)")
+    a = res.get("trainer")
+    if a and "bare" in res:
+        b = res["bare"]
+        print(f"train sft (DeepSpeed ZeRO-0, 1 process): {a['tokens_per_s']:,.0f} tok/s; bare PyTorch loop: {b['tokens_per_s']:,.0f} tok/s; "
+              f"ratio {a['tokens_per_s'] / b['tokens_per_s']:.3f} (goal >= 0.9)")
+    if a and "loader" in res:
+        print(f"loader + tokenization: {res['loader']['examples_per_s']:,.0f} examples/s vs trainer consumption {a['examples_per_s']:,.1f} examples/s "
+              f"({res['loader']['examples_per_s'] / a['examples_per_s']:.0f}x)")
+    if a and "bucketed" in res:
+        k = res["bucketed"]
+        print(f"length bucketing (window {args.bucket_window} global batches): {k['tokens_per_s']:,.0f} tok/s, {k['examples_per_s']:,.1f} examples/s "
+              f"vs {a['tokens_per_s']:,.0f} tok/s, {a['examples_per_s']:,.1f} examples/s without: {k['tokens_per_s'] / a['tokens_per_s']:.2f}x")
+    if "padding" in res:
+        pad = res["padding"]
+        off, on = pad["bucket0"], pad[f"bucket{args.bucket_window}"]
+        print(f"padding over one epoch of {args.rows} rows, micro-batch {args.micro_batch}: {off['padding_share']:.1%} of the positions computed without bucketing, "
+              f"{on['padding_share']:.1%} with ({off['positions']:,} -> {on['positions']:,} positions for {off['tokens']:,} tokens)")
     for name, n in (("rss", args.rss_rows), ("rss10", args.rss_rows * 10)):
-        r = res[name]
-        print(f"loader over {n:,} rows: peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB (before reading: {r['rss_after_imports_kib'] / 1024:.0f} MiB), "
-              f"{r['examples_per_s']:,.0f} rows/s")
+        if name in res:
+            r = res[name]
+            print(f"loader over {n:,} rows: peak RSS {r['peak_rss_kib'] / 1024:.0f} MiB (before reading: {r['rss_after_imports_kib'] / 1024:.0f} MiB), "
+                  f"{r['examples_per_s']:,.0f} rows/s")
     return 0
 
 

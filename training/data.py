@@ -17,6 +17,13 @@ computes the same one without talking to the others):
    grad_accum``). The dropped rows (the tail) are counted and their keys logged; every rank gets
    the same number of steps, so uneven shards can never hang a collective.
 
+4. optional length bucketing (``bucket_window`` = W > 0): the kept order is cut into windows of W
+   global batches; within a window the rows are sorted by length (the characters of their
+   ``messages``; stable, so ties keep the shuffled order), cut into W batches of similar lengths,
+   and the W batches are put in a seeded order (``(seed, epoch, window)``). Each micro-batch then
+   pads to a length close to its rows' own. It is still a pure function of the corpus, the seed
+   and the epoch, and the dropped tail is the same rows as without it.
+
 Step ``s`` of an epoch covers order positions ``[s*G, (s+1)*G)``; rank ``r`` takes the ``r``-th
 contiguous ``micro_batch * grad_accum`` of it and splits it into ``grad_accum`` micro-batches.
 ``consumed_samples`` (global, over all epochs) fixes the position exactly: a resumed run yields the
@@ -175,11 +182,15 @@ class ShardedReader:
         shuffle_window: int = 8,
         holdout: float = 0.0,
         log=None,
+        bucket_window: int = 0,
     ) -> None:
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside world {world}")
         if micro_batch < 1 or grad_accum < 1 or shuffle_window < 1:
             raise ValueError("micro_batch, grad_accum and shuffle_window must be >= 1")
+        if bucket_window < 0:
+            raise ValueError("bucket_window must be >= 0")
+        self.bucket_window = bucket_window
         self.corpus, self.rank, self.world = corpus, rank, world
         self.micro_batch, self.grad_accum, self.seed, self.shuffle_window = micro_batch, grad_accum, seed, shuffle_window
         self.global_batch = micro_batch * world * grad_accum
@@ -217,6 +228,25 @@ class ShardedReader:
         """The training rows of ``epoch`` in order (held-out rows left out)."""
         order = epoch_order(self.corpus.group_rows, self.seed, epoch, self.shuffle_window)
         return order[self._train_mask[order]] if self.holdout_rows else order
+
+    def lengths(self, index: np.ndarray) -> np.ndarray:
+        """The bucketing key of rows: characters of all their messages' contents."""
+        import pyarrow.compute as pc
+
+        col = self._take(index).column(c.MESSAGES).combine_chunks()
+        parents = pc.list_parent_indices(col).to_numpy()
+        chars = pc.utf8_length(pc.struct_field(pc.list_flatten(col), c.CONTENT)).fill_null(0).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=chars, minlength=len(index)).astype(np.int64)
+
+    def bucketed(self, order: np.ndarray, epoch: int, window: int) -> np.ndarray:
+        """The kept positions of bucket window ``window`` of ``epoch``: sorted by length, cut into
+        global batches, the batches in a seeded order (module docstring, point 4)."""
+        per = self.bucket_window * self.global_batch
+        lo, hi = window * per, min((window + 1) * per, self.samples_per_epoch)
+        idx = order[lo:hi]
+        idx = idx[np.argsort(self.lengths(idx), kind="stable")]
+        batches = idx.reshape(-1, self.global_batch)
+        return batches[np.random.default_rng([self.seed, epoch, window, 1]).permutation(len(batches))].reshape(-1)
 
     def holdout_batches(self, size: int) -> Iterator[pa.Table]:
         """The held-out rows, ``size`` at a time, in corpus order (every rank reads them all)."""
@@ -277,9 +307,15 @@ class ShardedReader:
             order = self.order(epoch)
             if step == 0 and self.dropped_per_epoch and self._log is not None:
                 self._log(epoch, self.dropped(epoch))
+            window, part = -1, order
             for s in range(step, self.steps_per_epoch):
                 lo = s * self.global_batch + self.rank * per_rank
-                mine = order[lo : lo + per_rank]
+                if self.bucket_window:
+                    if s // self.bucket_window != window:
+                        window = s // self.bucket_window
+                        part = self.bucketed(order, epoch, window)
+                    lo -= window * self.bucket_window * self.global_batch
+                mine = part[lo : lo + per_rank]
                 done = (epoch * self.steps_per_epoch + s + 1) * self.global_batch
                 for m in range(self.grad_accum):
                     index = mine[m * self.micro_batch : (m + 1) * self.micro_batch]

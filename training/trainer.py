@@ -63,6 +63,7 @@ class TrainConfig:
     max_len: int = opt(2048, "tokens per example: SFT rows over it are filtered and counted; meta-RM inputs are cut from the left")
     bf16: bool = opt(False, "train in bfloat16 (DeepSpeed bf16 mode)")
     shuffle_window: int = opt(8, "row groups shuffled together (memory: two windows of row groups per rank)")
+    bucket_window: int = opt(0, "length bucketing: sort rows by length within windows of this many global batches (0: off; less padding)")
     log_every: int = opt(10, "optimizer steps between log lines")
     save_every: int = opt(100, "optimizer steps between checkpoints (and one at the end)")
     holdout: float = opt(0.0, "meta-RM: fraction of rows held out for evaluation (accuracy, ROC-AUC, BCE)")
@@ -75,6 +76,7 @@ class TrainConfig:
         check(bool(self.data), "data", "is required")
         check(bool(self.model), "model", "is required")
         check(bool(self.output), "output", "is required")
+        check(self.bucket_window >= 0, "bucket_window", f"must be >= 0, got {self.bucket_window}")
         for key in ("micro_batch", "grad_accum", "epochs", "log_every", "save_every", "nproc", "shuffle_window", "max_len"):
             check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
@@ -173,7 +175,8 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
     def log_dropped(epoch: int, keys: list[str]) -> None:
         log({"event": "dropped", "epoch": epoch, "count": len(keys), "keys": keys})
 
-    reader = ShardedReader(corpus, rank, world, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle_window, holdout=cfg.holdout, log=log_dropped)
+    reader = ShardedReader(corpus, rank, world, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle_window, holdout=cfg.holdout, log=log_dropped,
+                           bucket_window=cfg.bucket_window)
     task = Task(cfg, world)
     ds_config = deepspeed_config(cfg, world)
     engine, _, _, _ = deepspeed.initialize(
@@ -189,8 +192,9 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
         _, client = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True, load_lr_scheduler_states=True)
         if client is None:
             raise TribunalError(f"{ckpt_dir}: the latest checkpoint cannot be loaded")
-        for key, want in (("seed", cfg.seed), ("corpus_hash", corpus.digest), ("global_batch", reader.global_batch), ("task", task_name)):
-            if client.get(key) != want:
+        for key, want in (("seed", cfg.seed), ("corpus_hash", corpus.digest), ("global_batch", reader.global_batch), ("task", task_name),
+                          ("bucket_window", cfg.bucket_window)):
+            if client.get(key, 0 if key == "bucket_window" else None) != want:
                 raise TribunalError(
                     f"{ckpt_dir}: checkpoint has {key}={client.get(key)!r}, this run has {want!r}: use another --output"
                 )
@@ -206,7 +210,7 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
 
     def save(epoch: int) -> None:
         client = {"consumed_samples": consumed, "epoch": epoch, "seed": cfg.seed, "corpus_hash": corpus.digest,
-                  "global_batch": reader.global_batch, "task": task_name, "counters": counters}
+                  "global_batch": reader.global_batch, "task": task_name, "counters": counters, "bucket_window": cfg.bucket_window}
         engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}", client_state=client)
 
     ids_file = open(out / f"ids-rank{rank}.jsonl", "a", encoding="utf-8") if cfg.record_ids else None

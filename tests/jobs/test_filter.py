@@ -91,37 +91,44 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_filter_resume_after_sigkill_is_byte_identical(tmp_path):
+    """The state is persisted after every step: a run killed between two commits of decisions
+    (here: before the first, 10000 steps of 2 prompts in one shard) resumes at the step it
+    reached, from the per-step journal, to the same bytes."""
     table = synthetic_rollouts(20_000, per_prompt=4, seed=2, with_text=False)
     src = _write(tmp_path, table)
-    args = ["--input", str(src), "--step-prompts", "10", "--steps-per-shard", "1"]
+    args = ["--input", str(src), "--step-prompts", "2", "--steps-per-shard", "20000"]
     cli = [sys.executable, "-m", "tribunal.jobs.cli", "filter"]
     clean = tmp_path / "clean"
     subprocess.run(cli + args + ["--output", str(clean)], check=True, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cli + args + ["--output", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "_filter_state.json"
+    journal = killed / "_filter_steps.jsonl"
+
+    def steps_done() -> int:
+        lines = journal.read_text().splitlines()[1:] if journal.exists() else []
+        try:
+            return json.loads(lines[-1])["steps_done"] if lines else 0
+        except ValueError:  # a line being written
+            return 0
+
     deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists():
-            try:
-                done = json.loads(state.read_text())["steps_done"]
-            except (ValueError, KeyError):
-                done = 0
-            if done >= 50:
-                break
-        time.sleep(0.02)
+    while time.time() < deadline and proc.poll() is None and steps_done() < 50:
+        time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (killed / "part-00000.parquet").exists()
+    # killed mid-shard: no decision committed, no state file yet, only the per-step journal
+    assert not (killed / "part-00000.parquet").exists() and not list((killed / "_prompts").glob("part-*"))
+    assert not (killed / "_filter_state.json").exists()
+    at_kill = [json.loads(line) for line in journal.read_text().splitlines()[1:] if line.endswith("}")]
+    assert [e["steps_done"] for e in at_kill] == list(range(1, len(at_kill) + 1)) and len(at_kill) >= 50
     r = subprocess.run(cli + args + ["--output", str(killed)], check=True, capture_output=True, text=True, timeout=300)
     assert "resuming at step" in r.stderr
     resumed_at = json.loads((killed / "_manifest.json").read_text())["this_run"]["resumed_at_step"]
-    assert 50 <= resumed_at < 2000
+    assert resumed_at >= len(at_kill) - 1 and 50 <= resumed_at < 10000  # (a torn last line is ignored)
     assert _files(killed) == _files(clean)
-    assert json.loads(state.read_text()) == json.loads((clean / "_filter_state.json").read_text())
+    assert json.loads((killed / "_filter_state.json").read_text()) == json.loads((clean / "_filter_state.json").read_text())
 
 
 def test_filter_on_s3(s3_server, tmp_path):

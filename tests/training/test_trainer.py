@@ -89,9 +89,11 @@ def checkpoint_weights(out: Path) -> dict:
     return torch.load(ckpt / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
 
 
+# bf16 on ZeRO 2 is run by the meta-RM under the deepspeed launcher (test_metarm_bf16_under_the_deepspeed_launcher):
+# one launch covers both, the trainer's bf16 path is shared by the two tasks.
 @pytest.mark.parametrize(
     "config,bf16",
-    [("zero0", False), ("zero1", False), ("zero2", False), ("zero3", False), ("zero2_offload", False), ("zero3_offload", False), ("zero3", True), ("zero2", True)],
+    [("zero0", False), ("zero1", False), ("zero2", False), ("zero3", False), ("zero2_offload", False), ("zero3_offload", False), ("zero3", True)],
 )
 def test_sft_every_zero_config_exports_a_loadable_model(tmp_path, tiny_model, config, bf16):
     import torch
@@ -156,6 +158,61 @@ def test_metarm_config_pooling_and_held_out_metrics(tmp_path, tiny_model):
     got = engine.classify([text, text + " padded on the right"])
     assert abs(got[0] - own[0].item()) < 1e-5 and abs(got[1] - own[1].item()) < 1e-5
     assert got[0] > engine.classify([render_text(tok, [msgs[0], {"role": "assistant", "content": "wrong answer"}])])[0]
+
+
+def test_metarm_bf16_under_the_deepspeed_launcher(tmp_path, tiny_model):
+    """The meta-RM in bf16 on ZeRO 2, started by DeepSpeed's own launcher (what the `deepspeed`
+    script runs: deepspeed.launcher.runner -> launch, 2 local processes, --local_rank passed):
+    it trains, evaluates, and exports a classifier that loads and matches DeepSpeed's checkpoint.
+    (bf16 with ZeRO 3 is run by the SFT matrix; the trainer's bf16 path is shared, the meta-RM's
+    own parts are its score head, resized embeddings, evaluation and export, all exercised here.)"""
+    import socket
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tribunal.jobs.engines import EngineConfig, build_engine
+    from tribunal.training.metarm import render_text
+
+    data = write_corpus(tmp_path / "metarm", "metarm", sizes=(10, 8, 8))
+    out = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
+           "--module", "tribunal.training.trainer", "metarm", "--data", data, "--model", tiny_model, "--output", str(out),
+           "--micro-batch", "2", "--lr", "2e-4", "--log-every", "1", "--dist-timeout-s", "60",
+           "--deepspeed", str(CONFIGS / "zero2.json"), "--bf16", "--epochs", "2", "--holdout", "0.25", "--max-len", "48"]
+    # the launcher's rank processes outlive it if it is killed: a timeout kills the whole group
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+    assert proc.returncode == 0, log[-4000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    # 26 rows, 6 held out: 20 trained, global batch 4 -> 5 steps per epoch on both ranks
+    assert summary["world"] == 2 and summary["bf16"] is True and summary["zero_stage"] == 2
+    assert summary["steps"] == 10 and summary["steps_per_rank"] == [10, 10]
+    ev = summary["eval"]
+    assert ev["eval_rows"] == 6 and 0 < ev["eval_bce"] < 5 and ev["eval_roc_auc"] is not None
+    losses = [rec["loss"] for rec in log_records(out)]
+    assert len(losses) == 10 and all(0 < x < 5 for x in losses)
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification" and config["architectures"][0].endswith("ForSequenceClassification")
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model", dtype=torch.float32).eval()
+    ref = AutoModelForSequenceClassification.from_pretrained(out / "model", dtype=torch.float32).eval()
+    missing = ref.load_state_dict({k: v.float() for k, v in checkpoint_weights(out).items()}, strict=False).missing_keys
+    assert all("lm_head" in k or "embed" in k for k in missing), missing
+    text = render_text(tok, [{"role": "user", "content": "Please score the responses. 3"}, {"role": "assistant", "content": "correct answer"}])
+    enc = tok([text], add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        a, b = model(**enc).logits[0, 0], ref(**enc).logits[0, 0]
+    assert abs(a - b) < 0.15, (a, b)  # the export is the bf16 copy of the fp32 master weights
+    engine = build_engine(EngineConfig(model=str(out / "model"), task="classify", device="cpu", dtype="float32"))
+    assert abs(engine.classify([text])[0] - torch.sigmoid(a).item()) < 1e-5
 
 
 def _last_per_step(path: Path) -> list[tuple[int, tuple]]:

@@ -117,3 +117,34 @@ def test_sample_on_vllm_resumes_after_sigkill(vllm_device, tiny_model, tmp_path)
     assert len(keys) == len(set(keys)) == 2 * n
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["reconciled"] and manifest["this_run"]["resumed_from"] == done_before
+
+
+def test_metarm_score_on_vllm_pooling_matches_transformers(vllm_device, ray_local, tiny_classifier, tmp_path):
+    """metarm-score with --engine vllm (vLLM's pooling runner, `classify`) on a meta-RM checkpoint
+    laid out as `tribunal train metarm` exports it (one logit, problem_type
+    multi_label_classification: vLLM applies the sigmoid) gives the transformers engine's scores."""
+    import shutil
+
+    sys.path.insert(0, str(ROOT / "tests" / "jobs"))
+    from test_metarm_score import trajectories, write_traj  # the main tier's trajectory builder
+
+    from tribunal.jobs import metarm_score
+
+    model = tmp_path / "metarm"
+    shutil.copytree(tiny_classifier, model)
+    config = json.loads((model / "config.json").read_text())
+    config["problem_type"] = "multi_label_classification"  # as the meta-RM trainer writes it
+    (model / "config.json").write_text(json.dumps(config))
+    src = write_traj(tmp_path / "traj", trajectories(4, 2), per_file=4)
+    scores = {}
+    for engine in ("transformers", "vllm"):
+        opts = {"engine": "vllm", "num_gpus_per_actor": 0 if vllm_device == "cpu" else 1, "dtype": "float32", **vllm_options(vllm_device)} \
+            if engine == "vllm" else {"engine": "transformers", "device": vllm_device, "dtype": "float32"}
+        m = metarm_score.run(metarm_score.MetaRmScoreConfig(input=str(src), output=str(tmp_path / engine), model=str(model), batch_size=4,
+                                                            num_cpus_per_actor=0.5, **opts))  # reads and writes need the rest
+        assert m["counts"]["reconciled"] and m["counts"]["rows_out"] == 8
+        scores[engine] = {(r[c.ID], r[c.SAMPLE_INDEX]): r[c.META_SCORE] for r in pq.read_table(tmp_path / engine).to_pylist()}
+    assert scores["vllm"].keys() == scores["transformers"].keys()
+    hf = scores["transformers"]
+    assert max(abs(scores["vllm"][k] - hf[k]) for k in hf) < 1e-3
+    assert 0 < min(hf.values()) < max(hf.values()) < 1  # probabilities, spread by the head
