@@ -180,6 +180,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
+    from tribunal.cluster.pools import fault_policy
+
+    fault_policy().apply(ctx)  # retries, restarts and the stall guard, on purpose (see FaultPolicy)
     res = ray.cluster_resources()
     where = scrub_url(address) if address else "embedded local Ray"
     return f"{where} ({int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU)"
