@@ -65,3 +65,31 @@ def test_stalled_job_fails_with_one_line(arm, tiny_model, tmp_path, monkeypatch,
     assert rc == 2, err
     assert err[-1].startswith("tribunal sample: error: the job stalled: Dataset execution made no progress"), err[-1]
     assert NO_PROGRESS_TIMEOUT_ENV in err[-1]
+
+
+@pytest.mark.parametrize("mode", ["prob", "grm"])
+def test_score_never_sends_a_prompt_longer_than_the_context(mode, fault_dir, tiny_model, tmp_path):
+    """``score``: a rollout whose text would not fit the model's context gets a null reward with
+    reason ``prompt_too_long`` (never sent to the engine); the others are scored as usual."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tribunal.jobs.pipeline.outputs import OutputDir
+    from tribunal.jobs.score import ScoreConfig, run
+    from tribunal.schemas import columns as c
+
+    ctx = [{"role": "user", "content": "What is 2 + 2?"}]
+    rows = [{"context": ctx, "response": f"<think>t{j}</think>\n<answer>4</answer>", "answer": "4", "data_source": "toy"} for j in range(3)]
+    rows.append({"context": [{"role": "user", "content": "word " * 6000}], "response": "<answer>4</answer>", "answer": "4", "data_source": "toy"})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    extra = {"reference_column": "answer"} if mode == "prob" else {"form": "pointwise", "k": 1, "max_tokens": 16}
+    m = run(ScoreConfig(input=str(tmp_path / "r.parquet"), output=str(tmp_path / "o"), mode=mode, model=tiny_model,
+                        batch_rollouts=4, num_cpus_per_actor=0.5, **extra))
+    assert m["counts"]["reconciled"]
+    out = OutputDir(str(tmp_path / "o"))
+    scored = out.read(out.parts()).to_pylist()
+    assert len(scored) == 4
+    long_rows = [r for r in scored if len(r[c.CONTEXT][0][c.CONTENT]) > 10_000]
+    assert [(r[c.REWARD], r[c.REWARD_REASON]) for r in long_rows] == [(None, "prompt_too_long")]
+    if mode == "prob":
+        assert all(r[c.REWARD] is not None for r in scored if r not in long_rows)
