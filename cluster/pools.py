@@ -14,10 +14,14 @@ class FaultPolicy:
     are 0 init deaths tolerated, unbounded restarts and retries, and a 30-minute stall guard).
 
     - ``max_restarts``: an engine actor whose process dies (``os._exit``, OOM kill, its node lost)
-      is restarted, its engine rebuilt, up to this many times per actor.
-    - ``max_task_retries``: the batch it was working on is sent again, up to this many times: a
-      batch that kills every actor it reaches fails the job instead of looping forever. A batch is
-      written under a name derived from its keys, so a retried batch replaces, never duplicates.
+      is restarted, its engine rebuilt, up to this many times per actor; then it stays dead and
+      the job fails. This is what bounds a batch that kills every actor it reaches.
+    - ``max_task_retries``: -1, the batch a dead or unreachable actor held is sent again until the
+      actor is back or dead for good (bounded by ``max_restarts``). A finite count is not enough
+      for a lost node: the calls to its actors fail at once ("temporarily unavailable") several
+      times before the cluster declares the node dead and restarts them elsewhere (measured in
+      ``tests/faults/test_node_loss.py``: 3 retries were used up). A batch is written under a
+      name derived from its keys, so a batch retried after it was written replaces, never adds.
     - ``max_consecutive_actor_init_deaths``: actors dying while they start (a crash while loading
       the model) are replaced this many times in a row before the job fails; the count resets
       when one starts. An engine that cannot load at all (bad weights) still fails the job, after
@@ -30,8 +34,8 @@ class FaultPolicy:
       its reason, and anything else is a bug that must stop the job, not lose a block.
     """
 
-    max_restarts: int = 3
-    max_task_retries: int = 3
+    max_restarts: int = 4
+    max_task_retries: int = -1
     max_consecutive_actor_init_deaths: int = 2
     no_progress_timeout_s: float = 1800.0
     max_map_retries: int = 0
