@@ -21,13 +21,23 @@ def fault_dir(tmp_path_factory):
     from tribunal.jobs.engines.faults import FAULT_DIR_ENV
 
     d = tmp_path_factory.mktemp("faults")
-    if ray.is_initialized():
+    was_running = ray.is_initialized()
+    if was_running:
         ray.shutdown()
     os.environ[FAULT_DIR_ENV] = str(d)
     connect(None, num_cpus=2)
     yield d
     ray.shutdown()
     os.environ.pop(FAULT_DIR_ENV, None)
+    restore_ray(was_running)
+
+
+def restore_ray(was_running: bool) -> None:
+    """Give later test modules back the session's embedded Ray (``ray_local``) if one was up."""
+    if was_running:
+        from tribunal.cluster.ray_cluster import connect
+
+        connect(None, num_cpus=2)
 
 
 @pytest.fixture

@@ -33,9 +33,11 @@ def ray_once():
 
     from tribunal.cluster.ray_cluster import connect
 
+    was_running = ray.is_initialized()
     connect(None, num_cpus=2)
     yield
-    ray.shutdown()
+    if not was_running:
+        ray.shutdown()
 
 
 def case_dirs(root: Path, seeds, groups: int = 3, per_group: int = 10) -> list[tuple[Path, list]]:

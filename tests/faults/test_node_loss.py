@@ -20,7 +20,8 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():
+    was_running = ray.is_initialized()
+    if was_running:
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
@@ -28,6 +29,9 @@ def cluster():
     yield c, workers
     ray.shutdown()
     c.shutdown()
+    from faults.conftest import restore_ray
+
+    restore_ray(was_running)
 
 
 def _engine_nodes() -> set[str]:
