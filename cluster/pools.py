@@ -1,8 +1,75 @@
-"""Actor-pool sizing: the map_batches arguments for an engine stage, as plain data."""
+"""Actor-pool sizing and fault policy: the map_batches arguments for an engine stage, as plain data."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+
+NO_PROGRESS_TIMEOUT_ENV = "TRIBUNAL_NO_PROGRESS_TIMEOUT_S"
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    """What Ray Data does when an engine actor or a task dies, set on purpose (Ray 2.60's defaults
+    are 0 init deaths tolerated, unbounded restarts and retries, and a 30-minute stall guard).
+
+    - ``max_restarts``: an engine actor whose process dies (``os._exit``, OOM kill, its node lost)
+      is restarted, its engine rebuilt, up to this many times per actor; then it stays dead and
+      the job fails. This is what bounds a batch that kills every actor it reaches.
+    - ``max_task_retries``: -1, the batch a dead or unreachable actor held is sent again until the
+      actor is back or dead for good (bounded by ``max_restarts``). A finite count is not enough
+      for a lost node: the calls to its actors fail at once ("temporarily unavailable") several
+      times before the cluster declares the node dead and restarts them elsewhere (measured in
+      ``tests/faults/test_node_loss.py``: 3 retries were used up). A batch is written under a
+      name derived from its keys, so a batch retried after it was written replaces, never adds.
+    - ``max_consecutive_actor_init_deaths``: actors dying while they start (a crash while loading
+      the model) are replaced this many times in a row before the job fails; the count resets
+      when one starts. An engine that cannot load at all (bad weights) still fails the job, after
+      this many more tries.
+    - ``no_progress_timeout_s``: the job fails with one line when no batch moves through any stage
+      for this long (a hung engine, an actor that can never be placed), instead of hanging.
+      ``TRIBUNAL_NO_PROGRESS_TIMEOUT_S`` sets it (-1: never); it must exceed an engine's load time.
+    - Stage errors are not retried (``max_map_retries`` 0) and no block may fail
+      (``max_errored_blocks`` 0): a row that makes a stage raise is quarantined by the stage with
+      its reason, and anything else is a bug that must stop the job, not lose a block.
+    """
+
+    max_restarts: int = 4
+    max_task_retries: int = -1
+    max_consecutive_actor_init_deaths: int = 2
+    no_progress_timeout_s: float = 1800.0
+    max_map_retries: int = 0
+    max_errored_blocks: int = 0
+
+    def remote_args(self) -> dict:
+        """The actor options of an engine pool (``map_batches`` passes them to ``ray.remote``)."""
+        return {"max_restarts": self.max_restarts, "max_task_retries": self.max_task_retries}
+
+    def apply(self, ctx) -> None:
+        """Set the execution-wide options on a ``ray.data.DataContext``."""
+        ctx.max_consecutive_actor_init_deaths = self.max_consecutive_actor_init_deaths
+        ctx.execution_no_progress_timeout_s = self.no_progress_timeout_s
+        ctx.max_map_retries = self.max_map_retries
+        ctx.max_errored_blocks = self.max_errored_blocks
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fault_policy() -> FaultPolicy:
+    """The policy of this process (the stall timeout from ``TRIBUNAL_NO_PROGRESS_TIMEOUT_S``)."""
+    from tribunal.schemas.errors import TribunalError
+
+    raw = os.environ.get(NO_PROGRESS_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return FaultPolicy()
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise TribunalError(f"{NO_PROGRESS_TIMEOUT_ENV}={raw!r}: not a number of seconds") from None
+    if timeout == 0 or (timeout < 0 and timeout != -1):
+        raise TribunalError(f"{NO_PROGRESS_TIMEOUT_ENV}={raw!r}: must be > 0, or -1 for no limit")
+    return FaultPolicy(no_progress_timeout_s=timeout)
 
 
 @dataclass(frozen=True)
@@ -25,7 +92,7 @@ class PoolPlan:
             max_concurrent_calls_per_actor=self.concurrent_batches,
             enable_true_multi_threading=self.concurrent_batches > 1,
         )
-        return {"compute": compute, "num_gpus": self.num_gpus, "num_cpus": self.num_cpus}
+        return {"compute": compute, "num_gpus": self.num_gpus, "num_cpus": self.num_cpus, **fault_policy().remote_args()}
 
 
 def plan_pool(

@@ -152,27 +152,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
-        kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
-        if quiet:
-            kwargs["logging_level"] = logging.WARNING
-        if address:
-            target = resolve_address(address)
-            probe(target)
-            if "://" not in target and not os.environ.get("RAY_USE_TLS", "").strip() in ("1", "true"):
-                probe_gcs(target)
-            try:
-                ray.init(address=target, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise TribunalError(f"cannot attach to the Ray cluster at {scrub_url(target)}: {first}") from None
-        else:
-            # "local": always a new instance of our own, whatever /tmp/ray or RAY_ADDRESS says.
-            # Token authentication is Ray's default for a new instance; saying so explicitly
-            # keeps it on and drops Ray's start-up warning that it is on (a user's own
-            # RAY_AUTH_MODE, "disabled" included, is respected).
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-            _refresh_ray_config()
-            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        with _keep_sigterm():
+            _init(ray, address, num_cpus, quiet)
     if quiet:
         log_once("ray_data_progress_manager_disabled")  # we disable the bars on purpose: no warning
     ctx = ray.data.DataContext.get_current()
@@ -180,6 +161,54 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
+    from tribunal.cluster.pools import fault_policy
+
+    fault_policy().apply(ctx)  # retries, restarts and the stall guard, on purpose (see FaultPolicy)
     res = ray.cluster_resources()
     where = scrub_url(address) if address else "embedded local Ray"
     return f"{where} ({int(res.get('CPU', 0))} CPU, {int(res.get('GPU', 0))} GPU)"
+
+
+class _keep_sigterm:
+    """Keep the process's own SIGTERM handler across ``ray.init``, which installs Ray's (the
+    driver's core worker logs the signal and aborts: exit status 134, no clean-up). The CLI's
+    handler stops the job with one line and status 143 (see ``jobs/cli.py``)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._main = threading.current_thread() is threading.main_thread()
+        self._handler = signal.getsignal(signal.SIGTERM) if self._main else None
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._main and self._handler is not None:
+            signal.signal(signal.SIGTERM, self._handler)
+        return False
+
+
+def _init(ray, address: str | None, num_cpus: int | None, quiet: bool) -> None:
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+    if quiet:
+        kwargs["logging_level"] = logging.WARNING
+    if address:
+        target = resolve_address(address)
+        probe(target)
+        if "://" not in target and not os.environ.get("RAY_USE_TLS", "").strip() in ("1", "true"):
+            probe_gcs(target)
+        try:
+            ray.init(address=target, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TribunalError(f"cannot attach to the Ray cluster at {scrub_url(target)}: {first}") from None
+    else:
+        # "local": always a new instance of our own, whatever /tmp/ray or RAY_ADDRESS says.
+        # Token authentication is Ray's default for a new instance; saying so explicitly
+        # keeps it on and drops Ray's start-up warning that it is on (a user's own
+        # RAY_AUTH_MODE, "disabled" included, is respected).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        _refresh_ray_config()
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)

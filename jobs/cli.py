@@ -52,8 +52,39 @@ def _run(command: str, args: argparse.Namespace) -> int:
     if cls_name is None:
         return int(mod.main(args.rest) or 0)
     cfg = load_config(getattr(mod, cls_name), args, getattr(args, "config", None))
+    global _output
+    _output = getattr(cfg, "output", None) or None
     mod.run(cfg)
     return 0
+
+
+_output: str | None = None  # the running job's output directory, tidied when it is interrupted
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM on the driver, raised where the main thread is, like Ctrl-C's KeyboardInterrupt."""
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    raise Terminated()
+
+
+def _stop_ray() -> None:
+    """Stop the Ray this process started or attached to, so its workers write nothing more once
+    we have reported the interruption (an embedded Ray dies with it; a cluster keeps running)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - we are leaving anyway
+            pass
+    if _output:  # files a worker was writing when it was stopped: never visible, now gone too
+        try:
+            from tribunal.cluster import storage
+
+            storage.clean_temporaries(*storage.resolve(_output))
+        except Exception:  # noqa: BLE001 - the next run cleans them
+            pass
 
 
 def root_cause(e: BaseException) -> BaseException:
@@ -83,6 +114,16 @@ def describe(raised: BaseException) -> tuple[str, bool]:
     text = str(e).strip()
     if isinstance(e, TribunalError):  # one line by design; Ray may append its retry notes
         return text.splitlines()[0] if text else "", True
+    data_exceptions = sys.modules.get("ray.data.exceptions")
+    timeout_error = getattr(data_exceptions, "ExecutionTimeoutError", None)
+    if timeout_error is not None and isinstance(e, timeout_error):
+        from tribunal.cluster.pools import NO_PROGRESS_TIMEOUT_ENV
+
+        first = text.splitlines()[0] if text else ""
+        return (
+            f"the job stalled: {first.rstrip('.')}; an engine may be hung or an actor cannot be placed "
+            f"(raise {NO_PROGRESS_TIMEOUT_ENV} if batches are legitimately this slow)"
+        ), True
     ray_exceptions = sys.modules.get("ray.exceptions")
     if ray_exceptions is not None and isinstance(e, ray_exceptions.ActorDiedError) and "creation task" in text:
         name, _, msg = text.splitlines()[-1].strip().partition(": ")
@@ -118,11 +159,25 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
     # A map stage that fails raises its own exception, not Ray Data's "UDF failed to process a
     # data block" wrapper, so the cause reaches the driver (read at ray.data's import).
     os.environ.setdefault("RAY_DATA_RAISE_ORIGINAL_MAP_EXCEPTION", "1")
+    # SIGTERM (a scheduler, `kill`, `ray job stop`) stops the job as Ctrl-C does: one line, exit
+    # 143 (128 + 15), what is written stays written, and the same command resumes.
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _run(args.command, args)
-    except KeyboardInterrupt:
-        print(f"tribunal {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        # Further signals while we stop must not cut the clean-up short.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_ray()
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"tribunal {args.command}: {what}; re-run the same command to resume", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as raised:  # noqa: BLE001 - one line (the cause), the traceback under --debug
         if debug:
             _print_traceback(raised)

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from tribunal.cluster.pools import fault_policy
 from tribunal.jobs.engines import ENGINES, EngineConfig
 from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
 from tribunal.jobs.pipeline.outputs import OutputDir, Timer, package_versions, trajectory_input
@@ -165,7 +166,7 @@ def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> di
     manifest = {
         "job": job, "config": to_dict(cfg), "settings": cfg.settings(), "versions": package_versions(), "model": cfg.model,
         "input_files": len(files), "output": out.display(), "schema": "trajectory_scored", "counts": counts,
-        "this_run": {"scored": scored, "resumed_from": len(done)}, "timings_s": timer.marks,
+        "this_run": {"scored": scored, "resumed_from": len(done)}, "timings_s": timer.marks, "fault_policy": fault_policy().as_dict(),
         "throughput": {"trajectories_per_s": round(scored / elapsed, 3)},
     }
     path = out.write_manifest(manifest)

@@ -144,6 +144,9 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                     "k": cfg.k,
                     "seed": cfg.seed,
                     "hint": cfg.hint,
+                    "quarantine_dir": out.quarantine,
+                    "fs": out.fs,
+                    "run": out.run,
                 },
                 **pool.map_batches_kwargs(),
             },
@@ -224,6 +227,7 @@ def summarize(out: OutputDir, rows_in: int) -> dict:
 
 def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     """Run the job to completion (resuming what a previous run left) and return its manifest."""
+    from tribunal.cluster.pools import fault_policy
     from tribunal.cluster.ray_cluster import connect
     from tribunal.jobs.engines import check_model_dir
     from tribunal.jobs.pipeline.progress import Progress, fmt_duration
@@ -270,6 +274,7 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
         "counts": counts,
         "this_run": {"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},
         "timings_s": timer.marks,
+        "fault_policy": fault_policy().as_dict(),  # Ray Data retries, restarts and stall guard (cluster/pools.py)
         "engines": {
             "kind": cfg.engine,
             "actors": cfg.concurrency,

@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from tribunal.cluster.pools import fault_policy
 from tribunal.jobs.engines import ENGINES, EngineConfig, SamplingConfig
 from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
 from tribunal.jobs.pipeline.outputs import OutputDir, Timer, package_versions
@@ -235,6 +236,7 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
         "model": cfg.model, "output": out.display(), "schema": "scored_rollout", "counts": counts,
         "this_run": {"prompts": progress.samples, "rollouts": progress.rows, "resumed_from_rollouts": counts["rollouts_scored"] - progress.rows},
         "timings_s": timer.marks,
+        "fault_policy": fault_policy().as_dict(),  # Ray Data retries, restarts and stall guard (cluster/pools.py)
         "throughput": {"rollouts_per_s": round(progress.rows / score_s, 3)},
     }
     path = out.write_manifest(manifest)

@@ -124,6 +124,12 @@ QUARANTINE_REASONS = (
     "unsupported_n",  # the prompt template does not take this many responses (e.g. pairwise, n != 2)
     "no_labels",  # the job needs labels (rft) and the sample has none
 )
+# Reasons an engine stage gives a sample it sets aside (jobs/pipeline/stages.py: GenerateStage),
+# beside the validation reasons above.
+STAGE_QUARANTINE_REASONS = (
+    "prompt_too_long",  # the rendered prompt fills the model's context (checked in tokens before the engine)
+    "stage_error",  # rendering or generating this sample raised; the detail holds the error's first line
+)
 
 
 # --- rollouts -----------------------------------------------------------------------------------

@@ -157,6 +157,9 @@ class EngineConfig:
 
 def build_engine(cfg: EngineConfig) -> Engine:
     """Construct the backend named by ``cfg.kind``; call this inside the actor."""
+    from tribunal.jobs.engines.faults import fault_point
+
+    fault_point("init")  # a test hook, off unless TRIBUNAL_FAULT_DIR is set (see faults.py)
     if cfg.kind == "vllm":
         from tribunal.jobs.engines.vllm_engine import VLLMEngine
 
@@ -164,6 +167,18 @@ def build_engine(cfg: EngineConfig) -> Engine:
     from tribunal.jobs.engines.hf_engine import TransformersEngine
 
     return TransformersEngine(cfg)
+
+
+def prompt_too_long(engine, prompt: str) -> str | None:
+    """Why ``prompt`` cannot go to ``engine`` (its tokens fill the model's context, which crashes
+    or stalls an engine), or None. ``engine.max_context``: the model's context length."""
+    limit = getattr(engine, "max_context", None)
+    if not limit:
+        return None
+    n = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if n >= limit:
+        return f"{n} prompt tokens; the model's context is {limit} (max_model_len / max_position_embeddings)"
+    return None
 
 
 UNSAFE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")

@@ -47,6 +47,8 @@ class TransformersEngine:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise TribunalError(f"cannot load model {cfg.model}: {type(e).__name__}: {first}") from None
         self.model.to(device).eval()
+        # Positions the model was built for: a longer prompt is quarantined before it gets here.
+        self.max_context = getattr(self.model.config, "max_position_embeddings", None)
         self.task = cfg.task
         self.device = device
         self._torch = torch

@@ -96,6 +96,9 @@ class VLLMEngine:
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
         self._engine = asyncio.run_coroutine_threadsafe(_build(), self._loop).result()
+        # The context vLLM settled on (max_model_len, else the model's): longer prompts are
+        # quarantined before they reach the engine (vLLM rejects them).
+        self.max_context = getattr(getattr(self._engine, "model_config", None), "max_model_len", None) or cfg.max_model_len
         self._ids = itertools.count()
 
     def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:

@@ -11,11 +11,15 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from tribunal.jobs.engines import prompt_too_long
 from tribunal.jobs.pipeline.stages import require, shard_name
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 
 ROLLOUT_COLUMNS = tuple(arrow.ROLLOUT.names)
+# A rollout whose scoring text would not fit the model's context gets a null reward with this
+# reason (``engines.prompt_too_long``): it is never sent to the engine.
+TOO_LONG = "prompt_too_long"
 
 
 def prompt_text(engine, context: Sequence[dict], chat_template: bool) -> str:
@@ -66,17 +70,29 @@ class ProbScoreStage:
             if isinstance(span, str):
                 plan.append((span, None, None))
                 continue
-            requests.append(ScoreRequest(*prob.rollout_request(prompts[pid], row[c.RESPONSE], ref, span)))
+            req = ScoreRequest(*prob.rollout_request(prompts[pid], row[c.RESPONSE], ref, span))
+            if prompt_too_long(self.engine, req.prefix + req.continuation + req.suffix):
+                plan.append((TOO_LONG, None, None))  # never sent: it would crash or stall the engine
+                continue
+            requests.append(req)
             key = (pid, ref)
             if key not in debias_at:
                 debias_at[key] = -1  # placeholder: the r' requests go after every r request
             plan.append((span, len(requests) - 1, key))
         for key in debias_at:
-            requests.append(ScoreRequest(*prob.debias_request(prompts[key[0]], key[1], self.fmt)))
+            req = ScoreRequest(*prob.debias_request(prompts[key[0]], key[1], self.fmt))
+            if prompt_too_long(self.engine, req.prefix + req.continuation + req.suffix):
+                debias_at[key] = None
+                continue
+            requests.append(req)
             debias_at[key] = len(requests) - 1
         results = self.engine.score_continuation(requests) if requests else []
         extra = []
         for span, at, key in plan:
+            if span is TOO_LONG or (key is not None and debias_at[key] is None):
+                extra.append({c.REWARD: None, c.REWARD_REASON: "prompt_too_long", c.R_RAW: None, c.R_PRIME: None,
+                              c.FORMAT_OK: None, c.SCORED_TOKENS: 0, c.VALID_SCORES: None})
+                continue
             if at is None:
                 reward, reason = prob.prob_reward(None, None, span, self.format_weight)
                 extra.append({c.REWARD: reward, c.REWARD_REASON: reason, c.R_RAW: None, c.R_PRIME: None,
@@ -135,6 +151,7 @@ class GrmScoreStage:
         rows = batch.to_pylist()
         samples = self._samples(rows)
         requests, owners = [], []
+        failures: list[Counter] = [Counter() for _ in rows]
         for si, (sid, members) in enumerate(samples):
             sample = {c.ID: sid, c.CONTEXT: rows[members[0]][c.CONTEXT], c.RESPONSES: [rows[i][c.RESPONSE] for i in members]}
             problem = self.template.check_n(len(members))
@@ -142,12 +159,15 @@ class GrmScoreStage:
                 raise ValueError(f"GrmScoreStage: sample {sid}: {problem}")
             for group in tr.group_specs(tr.plan_trajectories(sid, len(members), self.k, self.seed)):
                 prompt = self.engine.render_chat(tr.messages_for(self.template, sample, group[0]))
+                if prompt_too_long(self.engine, prompt):  # never sent: it would crash or stall the engine
+                    for i in members:
+                        failures[i]["prompt_too_long"] += len(group)
+                    continue
                 requests.append(GenerationRequest(prompt, len(group), tr.request_seed(self.seed, sid, group[0])))
                 owners.append((si, group))
         results = self.engine.generate(requests, self.sampling) if requests else []
         totals = [0.0] * len(rows)
         valid = [0] * len(rows)
-        failures: list[Counter] = [Counter() for _ in rows]
         for (si, group), res in zip(owners, results):
             members = samples[si][1]
             for spec, gen in zip(group, res.generations):

@@ -130,9 +130,16 @@ class GenerateStage:
     Needs: id, context, responses, labels. Emits k non-hinted trajectories per sample, plus one
     hinted trajectory for the samples the hint mode selects (all in the same call, so hinted
     sampling needs no second pass over the data).
+
+    A sample the engine must not or cannot take is set aside whole, never dropped: written to
+    ``quarantine_dir`` with its reason, ``prompt_too_long`` (a prompt that fills the model's
+    context, checked by token count before the engine sees it) or ``stage_error`` (rendering or
+    generating it raised; the rest of its batch goes on). An error every sample of a batch
+    raises is not the data's fault and fails the job.
     """
 
-    def __init__(self, engine_cfg, sampling, template: str, k: int, seed: int, hint: str = "never"):
+    def __init__(self, engine_cfg, sampling, template: str, k: int, seed: int, hint: str = "never",
+                 quarantine_dir: str | None = None, fs=None, run=None):
         import time
 
         from tribunal.jobs.engines import build_engine
@@ -148,21 +155,58 @@ class GenerateStage:
         self.k = k
         self.seed = seed
         self.hint = hint
+        self.quarantine_dir, self.fs, self.run = quarantine_dir, fs, run
 
-    def _generate(self, samples: list[dict], specs_per_sample: list[list]) -> list[list[dict]]:
-        """Run every spec of every sample through one engine call; rows per sample."""
+    def _requests(self, sample: dict, specs: list, aside: dict) -> list | None:
+        """(request, group) pairs of one sample, or None when it is set aside (``aside[id]``)."""
+        from tribunal.jobs.engines import GenerationRequest, prompt_too_long
+        from tribunal.jobs.engines.faults import raise_for
         from tribunal.jobs.grm import trajectories as tr
-        from tribunal.jobs.engines import GenerationRequest
 
-        requests, owners = [], []
-        for si, (sample, specs) in enumerate(zip(samples, specs_per_sample)):
+        sid = sample[c.ID]
+        out = []
+        try:
+            raise_for(sid)  # a test hook (TRIBUNAL_FAULT_DIR); nothing unless armed
             for group in tr.group_specs(specs):
                 prompt = self.engine.render_chat(tr.messages_for(self.template, sample, group[0]))
-                requests.append(GenerationRequest(prompt, len(group), tr.request_seed(self.seed, sample[c.ID], group[0])))
-                owners.append((si, group))
-        results = self.engine.generate(requests, self.sampling) if requests else []
+                too_long = prompt_too_long(self.engine, prompt)
+                if too_long:
+                    aside[sid] = ("prompt_too_long", too_long)
+                    return None
+                out.append((GenerationRequest(prompt, len(group), tr.request_seed(self.seed, sid, group[0])), group))
+        except Exception as e:  # noqa: BLE001 - this sample's problem: quarantined with the cause
+            aside[sid] = ("stage_error", _error_line(e, "rendering the prompt"))
+            return None
+        return out
+
+    def _generate(self, samples: list[dict], specs_per_sample: list[list], aside: dict) -> list[list[dict]]:
+        """Run every spec of every sample through one engine call; rows per sample (none for a
+        sample set aside). If the call raises, each sample is tried alone to find the culprits."""
+        from tribunal.jobs.grm import trajectories as tr
+        from tribunal.schemas.errors import TribunalError
+
+        per_sample = [self._requests(s, specs, aside) for s, specs in zip(samples, specs_per_sample)]
+        todo = [si for si, reqs in enumerate(per_sample) if reqs]
+        flat = [(si, req, group) for si in todo for req, group in per_sample[si]]
+        try:
+            results = self.engine.generate([req for _, req, _ in flat], self.sampling) if flat else []
+        except TribunalError:
+            raise
+        except Exception as batch_error:  # noqa: BLE001 - find the sample(s) that raise
+            results, failed = [], 0
+            for si in todo:
+                try:
+                    results.extend(self.engine.generate([req for req, _ in per_sample[si]], self.sampling))
+                except TribunalError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    failed += 1
+                    aside[samples[si][c.ID]] = ("stage_error", _error_line(e, "generating"))
+                    flat = [x for x in flat if x[0] != si]
+            if failed == len(todo) and len(todo) > 1:
+                raise batch_error  # every sample fails alone too: the engine, not the data
         rows: list[list[dict]] = [[] for _ in samples]
-        for (si, group), res in zip(owners, results):
+        for (si, req, group), res in zip(flat, results):
             for j, (spec, gen) in enumerate(zip(group, res.generations)):
                 row = tr.trajectory_row(self.template, samples[si], spec, gen, res.prompt_tokens)
                 # one request serves the group: its prefill and cache hits are counted on its first row
@@ -173,7 +217,23 @@ class GenerateStage:
             r.sort(key=lambda row: (row[c.HINTED], row[c.SAMPLE_INDEX]))
         return rows
 
+    def _quarantine(self, samples: list[dict], aside: dict) -> None:
+        from tribunal.cluster.storage import join, write_parquet_atomic
+
+        if self.quarantine_dir is None:
+            sid, (reason, detail) = next(iter(aside.items()))
+            raise ValueError(f"GenerateStage: sample {sid}: {reason}: {detail}")
+        rows = [
+            {c.ID: s[c.ID], c.REASON: aside[s[c.ID]][0], c.DETAIL: aside[s[c.ID]][1], c.SOURCE_PATH: None,
+             c.RAW: json.dumps(s, ensure_ascii=False, default=str)}
+            for s in samples if s[c.ID] in aside
+        ]  # fmt: skip
+        table = pa.Table.from_pylist(rows, schema=arrow.QUARANTINE)
+        name = shard_name(["generate"] + [r[c.ID] for r in rows])
+        write_parquet_atomic(self.fs, join(self.quarantine_dir, name), table, arrow.QUARANTINE, publish_if=self.run and self.run.current)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from tribunal.jobs.engines.faults import fault_point
         from tribunal.jobs.grm import trajectories as tr
 
         require(batch, "GenerateStage", (c.ID, c.CONTEXT, c.RESPONSES, c.LABELS))
@@ -182,26 +242,38 @@ class GenerateStage:
             problem = self.template.check_n(len(s[c.RESPONSES]))
             if problem:
                 raise ValueError(f"GenerateStage: sample {s[c.ID]}: {problem}")
+        fault_point("batch_start")  # test hooks (TRIBUNAL_FAULT_DIR); nothing unless armed
+        aside: dict[str, tuple[str, str]] = {}
         plans = [tr.plan_trajectories(s[c.ID], len(s[c.RESPONSES]), self.k, self.seed) for s in samples]
-        rows = self._generate(samples, plans)
+        rows = self._generate(samples, plans, aside)
         if self.hint != "never":
             hinted_idx = [
-                i for i, s in enumerate(samples) if s[c.LABELS] is not None and tr.needs_hint(self.hint, rows[i])
-            ]
+                i for i, s in enumerate(samples)
+                if s[c.ID] not in aside and s[c.LABELS] is not None and tr.needs_hint(self.hint, rows[i])
+            ]  # fmt: skip
             hinted_rows = self._generate(
                 [samples[i] for i in hinted_idx],
                 [[tr.plan_hinted(samples[i][c.ID], samples[i][c.LABELS], self.seed)] for i in hinted_idx],
+                aside,
             )
             for i, extra in zip(hinted_idx, hinted_rows):
                 rows[i].extend(extra)
             for sample_rows in rows:
                 tr.set_verdicts(sample_rows, self.hint)
-        flat = [row for sample_rows in rows for row in sample_rows]
+        fault_point("batch")
+        if aside:
+            self._quarantine(samples, aside)
+        flat = [row for s, sample_rows in zip(samples, rows) if s[c.ID] not in aside for row in sample_rows]
         table = pa.Table.from_pylist(flat, schema=arrow.TRAJECTORY.append(pa.field(CACHED_TOKENS, pa.int64())).append(pa.field(PREFILL_TOKENS, pa.int64())))
         load = [0.0] * len(table)
         if self._load_s is not None and len(table):
             load[0], self._load_s = self._load_s, None
         return table.append_column(pa.field(ENGINE_LOAD_S, pa.float64()), pa.array(load, pa.float64()))
+
+
+def _error_line(e: BaseException, doing: str) -> str:
+    text = str(e).strip()
+    return f"{doing}: {type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 # ---------------------------------------------------------------- write

@@ -26,7 +26,7 @@ def tribunal(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                "tribunal.cluster.redact", "tribunal.cluster.names", "tribunal.cluster.ray_cluster",
                "tribunal.jobs.score", "tribunal.jobs.filter", "tribunal.jobs.export", "tribunal.jobs.pipeline.scoring", "tribunal.jobs.rewards.prob",
                "tribunal.jobs.rewards.std_filter", "tribunal.jobs.rewards.rule", "tribunal.jobs.rewards.adapters", "tribunal.schemas.rollouts",
-               "tribunal.jobs.metarm_score", "tribunal.jobs.pipeline.metarm", "tribunal.training.data", "tribunal.training.trainer",
+               "tribunal.jobs.metarm_score", "tribunal.jobs.pipeline.metarm", "tribunal.jobs.engines.faults", "tribunal.training.data", "tribunal.training.trainer",
                "tribunal.training.sft", "tribunal.training.metarm", "tribunal.jobs.demo", "tribunal.training.toy.recipe", "tribunal.training.toy.task"]
 )
 def test_light_paths_import_no_heavy_modules(module):
