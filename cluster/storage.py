@@ -322,16 +322,45 @@ class ParquetShardWriter:
             if is_local(self.fs):
                 os.replace(self._tmp, self.path)
             else:
-                self.fs.put_file(self._tmp, self.path)
-            if (publish_if is None or publish_if()) and commit(
-                self.fs, self.dir, self.shard, self.file, rows=self.rows, bytes=size, replaces=list(replaces)
-            ):
+                upload(self.fs, self._tmp, self.path, size)
+            try:
+                won = (publish_if is None or publish_if()) and commit(
+                    self.fs, self.dir, self.shard, self.file, rows=self.rows, bytes=size, replaces=list(replaces)
+                )
+            except OSError as e:
+                raise TribunalError(f"{display(self.fs, commit_path(self.dir, self.shard))}: could not commit ({type(e).__name__}: {e})") from None
+            if won:
                 return True
             _rm_quiet(self.fs, self.path)
             return False
         finally:
             if os.path.exists(self._tmp):
                 os.remove(self._tmp)
+
+
+UPLOAD_CHUNK = 50 << 20
+"""Uploads larger than about twice this go as multipart uploads of parts this size."""
+
+
+def upload(fs, local: str, path: str, size: int) -> None:
+    """Upload a finished local file to ``path`` (a key no other writer uses) in one call.
+
+    An upload that reached the store while the client saw an error (a PUT or a
+    CompleteMultipartUpload whose answer was lost; its retry then fails) is recognised by the
+    object being there with the full size. Anything else: one line naming the key.
+    """
+    try:
+        fs.put_file(local, path, chunksize=UPLOAD_CHUNK)
+        return
+    except Exception as e:  # noqa: BLE001 - checked against the store below
+        error = e
+    try:
+        fs.invalidate_cache(path)
+        if fs.exists(path) and fs.size(path) == size:
+            return
+    except Exception:  # noqa: BLE001 - the store is unreachable: report the upload's own error
+        pass
+    raise TribunalError(f"{display(fs, path)}: upload failed after retries ({type(error).__name__}: {error})") from None
 
 
 def write_parquet_atomic(fs, path: str, table, schema, publish_if=None) -> bool:
