@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
@@ -46,7 +47,7 @@ def storage_options_from_env() -> dict[str, Any]:
     if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
         opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
         opts["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
-    opts.update(S3_RETRIES)
+    opts.update(copy.deepcopy(S3_RETRIES))  # botocore rewrites the retries dict it is given
     extra = os.environ.get("TRIBUNAL_STORAGE_OPTIONS")
     if extra:
         opts.update(json.loads(extra))
