@@ -281,10 +281,14 @@ class ParquetShardWriter:
     publish), then a commit record ``DIR/_commits/part-<x>.json`` names it, created only if
     absent. Two writers of the same shard: one record, the loser deletes its copy.
 
+    ``replace=True``: the caller is the shard's only writer and its file keeps the shard's own
+    name (``part-<x>.parquet``, a name users point other tools at), replacing an earlier copy and
+    its record (a reducer's re-run, ``export``).
+
     ``options`` go to ``pyarrow.parquet.ParquetWriter`` over ``PARQUET_OPTIONS``.
     """
 
-    def __init__(self, fs, path: str, schema, **options):
+    def __init__(self, fs, path: str, schema, replace: bool = False, **options):
         import pyarrow.parquet as pq
 
         options = {**PARQUET_OPTIONS, **options}
@@ -292,7 +296,8 @@ class ParquetShardWriter:
         self.fs, self.schema = fs, schema
         self.dir, name = posixpath.split(path)
         self.shard = name[: -len(".parquet")] if name.endswith(".parquet") else name
-        self.file = f"{self.shard}.{uuid.uuid4().hex[:12]}.parquet"
+        self.replace = replace
+        self.file = name if replace else f"{self.shard}.{uuid.uuid4().hex[:12]}.parquet"
         self.path = posixpath.join(self.dir, self.file)  # where the bytes land, once committed
         fs.makedirs(self.dir, exist_ok=True)
         self.rows = 0
@@ -324,6 +329,10 @@ class ParquetShardWriter:
                 os.replace(self._tmp, self.path)
             else:
                 upload(self.fs, self._tmp, self.path, size)
+            if self.replace:
+                record = {"shard": self.shard, "file": self.file, "attempt": uuid.uuid4().hex, "rows": self.rows, "bytes": size}
+                write_text_atomic(self.fs, commit_path(self.dir, self.shard), json.dumps(record))
+                return True
             try:
                 won = (publish_if is None or publish_if()) and commit(
                     self.fs, self.dir, self.shard, self.file, rows=self.rows, bytes=size, replaces=list(replaces)
@@ -364,13 +373,13 @@ def upload(fs, local: str, path: str, size: int) -> None:
     raise TribunalError(f"{display(fs, path)}: upload failed after retries ({type(error).__name__}: {error})") from None
 
 
-def write_parquet_atomic(fs, path: str, table, schema, publish_if=None) -> bool:
+def write_parquet_atomic(fs, path: str, table, schema, publish_if=None, replace: bool = False) -> bool:
     """Write one Parquet file (non-empty ``table``) as a committed shard (``ParquetShardWriter``):
     readers see all of it or none of it. ``publish_if``: a check made when the file is complete,
     just before it is committed; if it returns False the file is thrown away. Returns whether the
     file was committed (False too when another writer committed the same shard first).
     """
-    writer = ParquetShardWriter(fs, path, schema)
+    writer = ParquetShardWriter(fs, path, schema, replace=replace)
     try:
         writer.write(table)
     except BaseException:

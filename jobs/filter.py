@@ -209,7 +209,7 @@ def _write_kept(src_fs, files: list[str], out, kept_ids: pl.Series, batch_rows: 
 
     with src_fs.open(files[0], "rb") as fh:
         schema = pq.ParquetFile(fh).schema_arrow
-    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, write_statistics=False)
+    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, replace=True, write_statistics=False)
     keep = pl.col(c.PROMPT_ID).cast(pl.String).is_in(kept_ids.implode())
     try:
         for f in files:
@@ -269,7 +269,7 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
         steps = min(cfg.steps_per_shard, total_steps - done_steps)
         table, state = decide_steps(stats, rule, state, done_steps, steps, cfg.step_prompts)
         name = f"part-{done_steps:08d}.parquet"
-        storage.write_parquet_atomic(decisions.fs, storage.join(decisions.path, name), table, arrow.FILTER_DECISION)
+        storage.write_parquet_atomic(decisions.fs, storage.join(decisions.path, name), table, arrow.FILTER_DECISION, replace=True)
         done_steps += steps
         # The decisions are published first: a kill between the two writes re-does the same shard.
         record = {"settings": settings, "prompts": n_prompts, "steps_done": done_steps, "state": state.to_dict()}
