@@ -139,10 +139,8 @@ def create_if_absent(fs, path: str, data: bytes) -> bool:
     if is_local(fs):
         os.makedirs(parent, exist_ok=True)
         tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with open(tmp, "wb") as f:  # no fsync: safe against a killed process (what resume is
+            f.write(data)  # for), like the data files; an fsync cost 150 ms a record on a busy disk
         try:
             os.link(tmp, path)
             return True
@@ -433,11 +431,11 @@ def merge(fs, directory: str, group: list[dict], row_group_bytes: int = ROW_GROU
                 for batch in pq.ParquetFile(fh).iter_batches(batch_size=65_536):
                     buf.append(batch)
                     size += batch.nbytes
-                    if size >= row_group_bytes:
-                        writer.write(pa.Table.from_batches(buf, schema))
+                    if size >= row_group_bytes:  # one chunk a row group: 2x faster to encode than many
+                        writer.write(pa.Table.from_batches(buf, schema).combine_chunks())
                         buf, size = [], 0
         if buf:
-            writer.write(pa.Table.from_batches(buf, schema))
+            writer.write(pa.Table.from_batches(buf, schema).combine_chunks())
     except BaseException:
         writer.close(publish=False)
         raise
