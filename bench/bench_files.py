@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-samples", type=int, default=16, help="samples per engine batch (sample's --batch-size)")
     p.add_argument("--text-bytes", type=int, default=1500, help="GRM text per trajectory (part 1; part 2 votes, which never reads it, uses 0)")
     p.add_argument("--target-file-mb", type=float, default=256.0)
+    p.add_argument("--model", help="part 3: a local GRM (the tiny one) to run `sample` with; skipped without")
+    p.add_argument("--sample-samples", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=48)
     add_child_args(p, ("vote", "baseline"))
-    p.add_argument("--k-vote", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         r = child_vote(a.data, a.out, None, "random", 2_000_000) if a.child == "vote" else child_baseline(a.data, None, "random", a.seed)
@@ -192,6 +194,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {name:<40} {n:>7,} {r['seconds']:>8.2f} {r['rows_per_s']:>12,.0f} {gib(r['peak_rss_kib']):>9}")
         print(f"   vote/plain Python over the same rolled files: {v['ratio_vote_rolled_vs_baseline']:.1f}x (goal >= 20x); "
               f"vote rolled/small files: {v['ratio_vote_rolled_vs_small']:.2f}x; counts agree: {'yes' if agree else 'NO'}")
+    # ---- 3. the commit protocol's share of a real `sample` run (the tiny model)
+    if a.model:
+        from tribunal.jobs.sample import SampleConfig, run as run_sample
+        from tribunal.jobs.demo import synthetic_rows
+
+        samples = work / "samples.parquet"
+        pq.write_table(pa.Table.from_pylist(synthetic_rows(a.sample_samples)), samples)
+        cfg = SampleConfig(input=str(samples), output=str(work / "sampled"), model=a.model, k=a.k, batch_size=a.batch_samples,
+                           max_tokens=a.max_tokens, num_cpus_per_actor=1.0)
+        m = run_sample(cfg, stream=open(os.devnull, "w"))
+        gen_s = m["timings_s"]["generated"] - m["timings_s"]["prepared"]
+        final_roll_s = m["timings_s"]["rolled"] - m["timings_s"]["generated"]
+        n_batches = -(-a.sample_samples // a.batch_samples)
+        commit_s = result["files"]["commit_overhead_per_batch_ms"] / 1000 * n_batches
+        result["sample"] = {"samples": a.sample_samples, "trajectories": m["counts"]["trajectories"], "generation_s": gen_s,
+                            "final_roll_s": final_roll_s, "batches": n_batches, "commit_records_s_est": commit_s,
+                            "protocol_share": (commit_s + final_roll_s) / gen_s, "output_files": m["output_files"]}
+        r = result["sample"]
+        print(f"\n3. sample, tiny model: {r['trajectories']} trajectories in {gen_s:.1f} s of generation ({n_batches} batches); "
+              f"final roll {final_roll_s:.2f} s; commit records ~{commit_s:.2f} s (part 1's cost per batch x batches): "
+              f"the protocol costs ~{100 * r['protocol_share']:.1f}% of the run; {r['output_files']['files']} output file(s)")
     print(f"\nload average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} (1 min; other work on the cores skews these figures)")
     if a.json:
         for part in ("files",):

@@ -1,19 +1,22 @@
-"""Output directories: sharded Parquet, a run record for safe resume, quarantine, the manifest.
+"""Output directories: committed Parquet files, a run record for safe resume, quarantine, the manifest.
 
 Layout of a job's output directory ``OUT``::
 
-    OUT/part-<hash>.parquet         the rows (schema given to the writer, never inferred)
-    OUT/_quarantine/part-*.parquet  rejected input rows with a reason (arrow.QUARANTINE)
-    OUT/_run.json                   the settings that fix the results (checked on resume)
-    OUT/_manifest.json              written last: config, versions, counts, timings
+    OUT/part-<shard>.<attempt>.parquet  the rows (schema given to the writer, never inferred)
+    OUT/_commits/part-<shard>.json      the commit record naming each committed file
+    OUT/_quarantine/...                 rejected input rows with a reason (arrow.QUARANTINE), same layout
+    OUT/_run.json                       the settings that fix the results (checked on resume)
+    OUT/_manifest.json                  written last: config, versions, counts, timings, storage
 
 Both JSON records go through ``tribunal.cluster.redact``: values under secret-named keys are
 redacted, URLs lose user info and query strings, the environment is recorded through an allowlist
 (with the ``ray job submit`` submission id, when there is one).
 
-Resume: a re-run with the same settings reads the ids already present in the shards (and in the
-quarantine) and skips those samples; shards are written atomically, so a killed run leaves only
-whole shards behind (and temporaries, which are removed).
+Commit protocol (``tribunal.cluster.storage``): a file counts once its commit record exists,
+created if absent; readers list the live records only (``parts``), files no record names are
+removed at the next run's start. Resume: a re-run with the same settings reads the ids in the
+committed files (and quarantine) and skips those samples. ``Roller`` merges the small per-batch
+files into target-size files as a run goes; ``roll`` is also what ``tribunal compact`` runs.
 """
 
 from __future__ import annotations
