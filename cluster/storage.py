@@ -241,11 +241,15 @@ def remove_garbage(fs, directory: str) -> int:
     live, dead = commit_records(fs, directory)
     named = {r["file"] for r in live}
     fs.invalidate_cache(directory)
+    present = set()
     for p in fs.ls(directory, detail=False):
         name = posixpath.basename(p)
+        present.add(name)
         if name.startswith("part-") and name.endswith(".parquet") and name not in named:
             fs.rm(p)
             removed += 1
+    # A record whose file was deleted by hand (a lost shard): dropped, so the run redoes its rows.
+    dead = dead + [r for r in live if r["file"] not in present]
     for r in dead:
         fs.rm(commit_path(directory, r["shard"]))
         removed += 1
