@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import posixpath
+import time
 import uuid
 from typing import Any
 
 from tribunal.cluster.names import check_file_name
 from tribunal.schemas.errors import TribunalError
+
+
+S3_RETRIES: dict[str, Any] = {
+    # botocore's own retries (throttling 503 SlowDown, 500s, connection errors) with backoff...
+    "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+}
+"""Retries on every S3 filesystem tribunal makes (``TRIBUNAL_STORAGE_OPTIONS`` can override);
+recorded in each manifest (``storage_settings``)."""
+
+
+def storage_settings(fs) -> dict[str, Any]:
+    """What a manifest records about the storage: the protocol and, off the local disk, the
+    retry settings the filesystem runs with."""
+    if is_local(fs):
+        return {"protocol": "file"}
+    kwargs = getattr(fs, "storage_options", {}) or {}
+    return {
+        "protocol": fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol,
+        "config_kwargs": kwargs.get("config_kwargs"),
+        # s3fs retries around botocore's (SlowDown and connection errors), with its own backoff
+        "s3fs_retries": getattr(fs, "retries", None),
+    }
 
 
 def storage_options_from_env() -> dict[str, Any]:
@@ -23,6 +47,7 @@ def storage_options_from_env() -> dict[str, Any]:
     if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
         opts["key"] = os.environ["AWS_ACCESS_KEY_ID"]
         opts["secret"] = os.environ["AWS_SECRET_ACCESS_KEY"]
+    opts.update(copy.deepcopy(S3_RETRIES))  # botocore rewrites the retries dict it is given
     extra = os.environ.get("TRIBUNAL_STORAGE_OPTIONS")
     if extra:
         opts.update(json.loads(extra))
@@ -62,6 +87,11 @@ def list_parquet(fs, path: str, what: str = "input") -> list[str]:
         raise TribunalError(f"{what} not found: {path}")
     if fs.isfile(path):
         return [path]
+    if has_commit_layout(fs, path):  # a tribunal output: its committed files only
+        files = committed_files(fs, path)
+        if not files:
+            raise TribunalError(f"{what} has no committed .parquet files: {path}")
+        return files
     files = sorted(
         p
         for p in fs.find(path)
@@ -90,63 +120,332 @@ window finds: the SFT corpus is ~15x smaller than with pyarrow's default snappy,
 write. Any Parquet reader reads it."""
 
 
+COMMITS = "_commits"
+"""Beside the part files of a directory: one commit record per committed file (``<shard>.json``)."""
+LAYOUT = "_layout.json"
+"""In ``_commits/``: marks a directory written with commit records (even one with none yet)."""
+ROW_GROUP_BYTES = 64 << 20
+"""Merged files are written in row groups of about this many (Arrow, uncompressed) bytes."""
+
+
+def create_if_absent(fs, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists, atomically; whether this call created it.
+
+    Local: the bytes go to a temporary file that is hard-linked to ``path`` (``link`` fails if the
+    name exists, and the name never shows a partial file). S3: a conditional PUT
+    (``If-None-Match: *``), answered 412 when the key exists.
+    """
+    parent = posixpath.dirname(path)
+    if is_local(fs):
+        os.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:  # no fsync: safe against a killed process (what resume is
+            f.write(data)  # for), like the data files; an fsync cost 150 ms a record on a busy disk
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+    try:
+        fs.pipe_file(path, data, mode="create")
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        fs.invalidate_cache(parent)
+
+
+def commit_path(directory: str, shard: str) -> str:
+    return posixpath.join(directory, COMMITS, f"{shard}.json")
+
+
+def commit(fs, directory: str, shard: str, file: str, **meta) -> bool:
+    """Record ``file`` (a name in ``directory``) as the one committed copy of ``shard``.
+
+    Returns False when another writer committed the shard first (its copy stands). A retried
+    conditional PUT whose first try reached the store finds its own record: that counts as won.
+    """
+    attempt = uuid.uuid4().hex
+    record = {"shard": shard, "file": file, "attempt": attempt, "committed_at": time.time(), **meta}
+    path = commit_path(directory, shard)
+    if create_if_absent(fs, path, json.dumps(record).encode()):
+        return True
+    try:
+        return json.loads(fs.cat_file(path)).get("attempt") == attempt
+    except FileNotFoundError:
+        return False
+
+
+def mark_committed_layout(fs, directory: str) -> None:
+    """Mark ``directory`` as written with commit records (readers then trust the records only)."""
+    path = posixpath.join(directory, COMMITS, LAYOUT)
+    if not fs.exists(path):
+        write_text_atomic(fs, path, json.dumps({"layout": "commit-records", "version": 1}))
+
+
+def has_commit_layout(fs, directory: str) -> bool:
+    """Whether ``directory`` is written with commit records: it has ``_commits/`` (a record, or
+    the layout mark a run's start leaves in an output with none yet)."""
+    fs.invalidate_cache(directory)
+    return fs.exists(posixpath.join(directory, COMMITS))
+
+
+def commit_records(fs, directory: str) -> tuple[list[dict], list[dict]]:
+    """``(live, dead)`` commit records of a directory: a record is dead once a committed record
+    replaces it (a merged file), live otherwise."""
+    where = posixpath.join(directory, COMMITS)
+    fs.invalidate_cache(where)
+    if not fs.exists(where):
+        return [], []
+    paths = [p for p in fs.ls(where, detail=False) if p.endswith(".json") and not posixpath.basename(p).startswith(("_", "."))]
+    if not paths:
+        return [], []
+    texts = fs.cat(paths) if len(paths) > 1 else {paths[0]: fs.cat_file(paths[0])}
+    records = []
+    for p in paths:
+        try:
+            records.append(json.loads(texts[p]))
+        except (ValueError, KeyError):  # a record is created whole; a bad one is someone else's file
+            raise TribunalError(f"{display(fs, p)}: not a commit record (unreadable JSON)") from None
+    replaced = {s for r in records for s in r.get("replaces", ())}
+    live = sorted((r for r in records if r["shard"] not in replaced), key=lambda r: r["shard"])
+    dead = [r for r in records if r["shard"] in replaced]
+    return live, dead
+
+
+def committed_files(fs, directory: str) -> list[str]:
+    """The committed part files of an output directory: the files its live commit records name.
+
+    A directory without commit records (written by an older tribunal) is read the legacy way:
+    its ``part-*.parquet`` files.
+    """
+    if not has_commit_layout(fs, directory):
+        fs.invalidate_cache(directory)
+        if not fs.exists(directory):
+            return []
+        return sorted(p for p in fs.ls(directory, detail=False) if posixpath.basename(p).startswith("part-") and p.endswith(".parquet"))
+    return [posixpath.join(directory, r["file"]) for r in commit_records(fs, directory)[0]]
+
+
+def remove_garbage(fs, directory: str) -> int:
+    """Remove what no live commit record names: dead records and their files, part files of
+    attempts that never committed, temporaries. Only while no writer runs (a run's start, compact).
+    Returns how many files went."""
+    if not fs.exists(directory):
+        return 0
+    removed = clean_temporaries(fs, directory)
+    if not has_commit_layout(fs, directory):
+        return removed
+    live, dead = commit_records(fs, directory)
+    named = {r["file"] for r in live}
+    fs.invalidate_cache(directory)
+    present = set()
+    for p in fs.ls(directory, detail=False):
+        name = posixpath.basename(p)
+        present.add(name)
+        if name.startswith("part-") and name.endswith(".parquet") and name not in named:
+            fs.rm(p)
+            removed += 1
+    # A record whose file was deleted by hand (a lost shard): dropped, so the run redoes its rows.
+    dead = dead + [r for r in live if r["file"] not in present]
+    for r in dead:
+        fs.rm(commit_path(directory, r["shard"]))
+        removed += 1
+    return removed
+
+
+def retire(fs, directory: str, records: list[dict]) -> None:
+    """Delete replaced records, then their files (after the record that replaces them is
+    committed): what a record replaces goes before it, so no stale record comes back to life."""
+    for r in records:
+        for s in r.get("replaces", ()):
+            _rm_quiet(fs, commit_path(directory, s))
+        _rm_quiet(fs, commit_path(directory, r["shard"]))
+        _rm_quiet(fs, posixpath.join(directory, r["file"]))
+
+
+def _rm_quiet(fs, path: str) -> None:
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
 class ParquetShardWriter:
-    """One Parquet file written row group by row group, visible only once closed (same atomicity
-    as ``write_parquet_atomic``), so a large shard never has to be in memory at once.
+    """One Parquet file written row group by row group and committed when closed, so a large
+    shard never has to be in memory at once.
+
+    ``path`` names the shard (``DIR/part-<x>.parquet``); the bytes go to a file of this attempt
+    (``part-<x>.<attempt>.parquet``), written whole (locally a temporary file renamed; on S3 a
+    local temporary file uploaded once closed, never an open remote handle an exception could
+    publish), then a commit record ``DIR/_commits/part-<x>.json`` names it, created only if
+    absent. Two writers of the same shard: one record, the loser deletes its copy.
+
+    ``replace=True``: the caller is the shard's only writer and its file keeps the shard's own
+    name (``part-<x>.parquet``, a name users point other tools at), replacing an earlier copy and
+    its record (a reducer's re-run, ``export``).
 
     ``options`` go to ``pyarrow.parquet.ParquetWriter`` over ``PARQUET_OPTIONS``.
     """
 
-    def __init__(self, fs, path: str, schema, **options):
+    def __init__(self, fs, path: str, schema, replace: bool = False, **options):
         import pyarrow.parquet as pq
 
         options = {**PARQUET_OPTIONS, **options}
         check_file_name(path)
-        self.fs, self.path, self.schema = fs, path, schema
-        parent = posixpath.dirname(path)
-        fs.makedirs(parent, exist_ok=True)
+        self.fs, self.schema = fs, schema
+        self.dir, name = posixpath.split(path)
+        self.shard = name[: -len(".parquet")] if name.endswith(".parquet") else name
+        self.replace = replace
+        self.file = name if replace else f"{self.shard}.{uuid.uuid4().hex[:12]}.parquet"
+        self.path = posixpath.join(self.dir, self.file)  # where the bytes land, once committed
+        fs.makedirs(self.dir, exist_ok=True)
         self.rows = 0
+        self.bytes = 0  # the file's size, once closed
         if is_local(fs):
-            self._tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-            self._writer = pq.ParquetWriter(self._tmp, schema, **options)
-            self._file = None
+            self._tmp = posixpath.join(self.dir, f".tmp-{uuid.uuid4().hex}-{self.file}")
         else:
-            self._tmp = None
-            self._file = fs.open(path, "wb")
-            self._writer = pq.ParquetWriter(self._file, schema, **options)
+            import tempfile
+
+            fd, self._tmp = tempfile.mkstemp(prefix="tribunal-", suffix=".parquet")
+            os.close(fd)
+        self._writer = pq.ParquetWriter(self._tmp, schema, **options)
 
     def write(self, table) -> None:
         if len(table):
             self._writer.write_table(table.cast(self.schema))
             self.rows += len(table)
 
-    def close(self, publish: bool = True) -> None:
-        """Finish the file and make it visible, or (``publish=False``) throw it away."""
+    def close(self, publish: bool = True, publish_if=None, replaces: tuple[str, ...] = ()) -> bool:
+        """Finish the file and commit it, or (``publish=False``, an empty file, ``publish_if()``
+        False once the file is in place, or another writer's commit first) throw it away.
+        Returns whether this copy is the committed one."""
         self._writer.close()
-        if self._file is not None:
-            if publish:
-                self._file.close()
+        try:
+            if not (publish and self.rows):
+                return False
+            size = self.bytes = os.path.getsize(self._tmp)
+            if is_local(self.fs):
+                os.replace(self._tmp, self.path)
             else:
-                self._file.discard()  # fsspec: the object is never created
-        elif self.rows and publish:
-            os.replace(self._tmp, self.path)
-        else:
-            os.remove(self._tmp)  # an empty shard is not written at all
+                upload(self.fs, self._tmp, self.path, size)
+            if self.replace:
+                record = {"shard": self.shard, "file": self.file, "attempt": uuid.uuid4().hex, "rows": self.rows, "bytes": size}
+                write_text_atomic(self.fs, commit_path(self.dir, self.shard), json.dumps(record))
+                return True
+            try:
+                won = (publish_if is None or publish_if()) and commit(
+                    self.fs, self.dir, self.shard, self.file, rows=self.rows, bytes=size, replaces=list(replaces)
+                )
+            except OSError as e:
+                raise TribunalError(f"{display(self.fs, commit_path(self.dir, self.shard))}: could not commit ({type(e).__name__}: {e})") from None
+            if won:
+                return True
+            _rm_quiet(self.fs, self.path)
+            return False
+        finally:
+            if os.path.exists(self._tmp):
+                os.remove(self._tmp)
 
 
-def write_parquet_atomic(fs, path: str, table, schema, publish_if=None) -> bool:
-    """Write one Parquet file (non-empty ``table``) so readers see all of it or none of it.
+UPLOAD_CHUNK = 50 << 20
+"""Uploads larger than about twice this go as multipart uploads of parts this size."""
 
-    Local: a temporary file beside the target, then a rename. Object stores (S3): a PUT is
-    already atomic, so the object is written in place. ``publish_if``: a check made when the file
-    is complete, just before it becomes visible; if it returns False the file is thrown away.
-    Returns whether the file was published.
+
+def upload(fs, local: str, path: str, size: int) -> None:
+    """Upload a finished local file to ``path`` (a key no other writer uses) in one call.
+
+    An upload that reached the store while the client saw an error (a PUT or a
+    CompleteMultipartUpload whose answer was lost; its retry then fails) is recognised by the
+    object being there with the full size. Anything else: one line naming the key.
     """
-    writer = ParquetShardWriter(fs, path, schema)
-    writer.write(table)
-    publish = publish_if() if publish_if is not None else True
-    writer.close(publish=publish)
-    return publish
+    try:
+        fs.put_file(local, path, chunksize=UPLOAD_CHUNK)
+        return
+    except Exception as e:  # noqa: BLE001 - checked against the store below
+        error = e
+    try:
+        fs.invalidate_cache(path)
+        if fs.exists(path) and fs.size(path) == size:
+            return
+    except Exception:  # noqa: BLE001 - the store is unreachable: report the upload's own error
+        pass
+    raise TribunalError(f"{display(fs, path)}: upload failed after retries ({type(error).__name__}: {error})") from None
+
+
+def write_parquet_atomic(fs, path: str, table, schema, publish_if=None, replace: bool = False) -> bool:
+    """Write one Parquet file (non-empty ``table``) as a committed shard (``ParquetShardWriter``):
+    readers see all of it or none of it. ``publish_if``: a check made when the file is complete,
+    just before it is committed; if it returns False the file is thrown away. Returns whether the
+    file was committed (False too when another writer committed the same shard first).
+    """
+    writer = ParquetShardWriter(fs, path, schema, replace=replace)
+    try:
+        writer.write(table)
+    except BaseException:
+        writer.close(publish=False)
+        raise
+    return writer.close(publish_if=publish_if)
+
+
+def plan_merges(records: list[dict], target_bytes: int, final: bool) -> list[list[dict]]:
+    """Groups of committed files to merge into files of about ``target_bytes``: first fit by
+    decreasing size over the files under the target. Mid-run (``final=False``) only groups that
+    reach the target; at the end (and in ``compact``) every group of two or more."""
+    small = sorted((r for r in records if r.get("bytes", 0) < target_bytes), key=lambda r: (-r.get("bytes", 0), r["shard"]))
+    groups: list[list[dict]] = []
+    sizes: list[int] = []
+    for r in small:
+        b = r.get("bytes", 0)
+        for i, s in enumerate(sizes):
+            if s + b <= target_bytes:
+                groups[i].append(r)
+                sizes[i] += b
+                break
+        else:
+            groups.append([r])
+            sizes.append(b)
+    if final:
+        return [g for g in groups if len(g) > 1]
+    return [g for g, s in zip(groups, sizes) if len(g) > 1 and s >= 0.9 * target_bytes]
+
+
+def merge(fs, directory: str, group: list[dict], row_group_bytes: int = ROW_GROUP_BYTES) -> bool:
+    """Merge committed files into one committed file that replaces them, streaming row groups
+    (memory: one input batch plus one output row group). The merged shard's name is a hash of
+    the shards it replaces, so two processes merging the same group commit one copy. Returns
+    whether this call's merge is the committed one."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = sorted(r["shard"] for r in group)
+    name = "part-m" + hashlib.blake2b("\x1f".join(shards).encode(), digest_size=8).hexdigest() + ".parquet"
+    first = posixpath.join(directory, group[0]["file"])
+    with fs.open(first, "rb") as fh:
+        schema = pq.ParquetFile(fh).schema_arrow
+    writer = ParquetShardWriter(fs, posixpath.join(directory, name), schema)
+    try:
+        buf, size = [], 0
+        for r in sorted(group, key=lambda r: r["shard"]):
+            with fs.open(posixpath.join(directory, r["file"]), "rb") as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=65_536):
+                    buf.append(batch)
+                    size += batch.nbytes
+                    if size >= row_group_bytes:  # one chunk a row group: 2x faster to encode than many
+                        writer.write(pa.Table.from_batches(buf, schema).combine_chunks())
+                        buf, size = [], 0
+        if buf:
+            writer.write(pa.Table.from_batches(buf, schema).combine_chunks())
+    except BaseException:
+        writer.close(publish=False)
+        raise
+    won = writer.close(replaces=tuple(shards))
+    retire(fs, directory, group)  # replaced either way: by this copy or by the one that won
+    return won
 
 
 def write_text_atomic(fs, path: str, text: str) -> None:
@@ -159,8 +458,7 @@ def write_text_atomic(fs, path: str, text: str) -> None:
             f.write(text)
         os.replace(tmp, path)
     else:
-        with fs.open(path, "w") as f:
-            f.write(text)
+        fs.pipe_file(path, text.encode("utf-8"))  # one PUT of the whole text, never an open handle
 
 
 def join(base: str, *parts: str) -> str:

@@ -146,7 +146,7 @@ def run(cfg: ExportConfig, *, job: str = "export", stream=None) -> dict:
     out = OutputDir(cfg.output)
     out.fs.makedirs(out.path, exist_ok=True)
     schema = EXPORT_SCHEMAS[cfg.format]
-    storage.write_parquet_atomic(out.fs, storage.join(out.path, SHARD), out_table.cast(schema), schema)
+    storage.write_parquet_atomic(out.fs, storage.join(out.path, SHARD), out_table.cast(schema), schema, replace=True)
     timer.mark("written")
     manifest = {"job": job, "config": to_dict(cfg), "versions": package_versions(), "output": out.display(),
                 "schema": cfg.format, "columns": schema.names, "counts": counts, "timings_s": timer.marks}

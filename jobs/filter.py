@@ -229,7 +229,7 @@ def _write_kept(src_fs, files: list[str], out, kept_ids: pl.Series, batch_rows: 
 
     with src_fs.open(files[0], "rb") as fh:
         schema = pq.ParquetFile(fh).schema_arrow
-    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, write_statistics=False,
+    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, replace=True, write_statistics=False,
                                         use_dictionary=[n for n in DICTIONARY_COLUMNS if n.split(".")[0] in schema.names])
     wanted = kept_ids.implode()
     keep = pl.col(c.PROMPT_ID).cast(pl.String).is_in(wanted)
@@ -406,7 +406,7 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
             # A shard of decisions is published before the state that says so: a kill between
             # the two writes re-writes the same shard, with the same bytes.
             table = decision_table(stats, shard_start, pending, cfg.step_prompts)
-            storage.write_parquet_atomic(decisions.fs, storage.join(decisions.path, f"part-{shard_start:08d}.parquet"), table, arrow.FILTER_DECISION)
+            storage.write_parquet_atomic(decisions.fs, storage.join(decisions.path, f"part-{shard_start:08d}.parquet"), table, arrow.FILTER_DECISION, replace=True)
             tables.append(table)
             pending, shard_start = [], done_steps
         state_file.write({"settings": settings, "prompts": n_prompts, "steps_done": done_steps, "state": state.to_dict(), "pending": pending}, thr, commit)

@@ -59,6 +59,7 @@ class SampleConfig:
     tensor_parallel_size: int = opt(1, "vLLM GPUs per engine")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     overwrite: bool = opt(False, "delete an existing output directory first")
+    target_file_mb: float = opt(256.0, "output files are merged to about this size (MiB); each engine batch is committed on its own first")
     hint: str = opt("never", "hinted sampling mode (used by rft)", choices=HINT_MODES, cli=False)
     require_labels: bool = opt(False, "quarantine samples without labels (rft)", cli=False)
 
@@ -74,6 +75,7 @@ class SampleConfig:
         check(0 <= self.temperature <= 2, "temperature", f"must be in [0, 2] (vLLM's range), got {self.temperature}")
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        check(self.target_file_mb > 0, "target_file_mb", f"must be > 0, got {self.target_file_mb}")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
@@ -169,8 +171,9 @@ def check_pool_fits(cfg: SampleConfig) -> None:
     check_fits(pool, cfg.engine, ray.cluster_resources())
 
 
-def execute(stages: list[StagePlan], files: list[str], in_fs, progress) -> None:
-    """The runner: read, apply each stage, stream the per-shard counts into the progress line."""
+def execute(stages: list[StagePlan], files: list[str], in_fs, progress, roller=None) -> None:
+    """The runner: read, apply each stage, stream the per-shard counts into the progress line
+    (and the shard sizes into the ``roller``, which merges committed shards to the target size)."""
     import ray.data
 
     from tribunal.cluster.storage import arrow_filesystem
@@ -189,6 +192,8 @@ def execute(stages: list[StagePlan], files: list[str], in_fs, progress) -> None:
                 request_prompt_tokens=row["request_prompt_tokens"],
                 cached_prompt_tokens=row["cached_prompt_tokens"],
             )
+            if roller is not None:
+                roller.add(row["bytes"])
 
 
 def summarize(out: OutputDir, rows_in: int) -> dict:
@@ -230,6 +235,7 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     from tribunal.cluster.pools import fault_policy
     from tribunal.cluster.ray_cluster import connect
     from tribunal.jobs.engines import check_model_dir
+    from tribunal.jobs.pipeline.outputs import Roller
     from tribunal.jobs.pipeline.progress import Progress, fmt_duration
     from tribunal.jobs.grm.protocol import load_template
     from tribunal.schemas.validate import check_input_schema
@@ -251,8 +257,11 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     quarantined_before = sum(out.quarantine_counts().values())
     if rows_in > len(done):
         progress.engines_loading(cfg.engine)
-    execute(build_stages(cfg, out, done, duplicates), files, in_fs, progress)
+    roller = Roller(out, int(cfg.target_file_mb * 2**20))
+    execute(build_stages(cfg, out, done, duplicates), files, in_fs, progress, roller)
     timer.mark("generated")
+    roller.finish()
+    timer.mark("rolled")
     counts = summarize(out, rows_in)
     timer.mark("summarized")
     progress.quarantined = counts["quarantined"] - quarantined_before
@@ -270,6 +279,7 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
         "model": cfg.model,
         "input_files": len(files),
         "output": out.display(),
+        "output_files": {"files": len(out.parts()), "merged_this_run": roller.merged, "target_bytes": roller.target},
         "schema": "trajectory",
         "counts": counts,
         "this_run": {"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},

@@ -107,7 +107,7 @@ class Corpus:
         if fs.isfile(path):
             files = [path]
         else:
-            files = sorted(p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
+            files = storage.committed_files(fs, path)  # what the commit records name (part-* of older outputs)
         if not files:
             raise TribunalError(f"corpus has no committed part-*.parquet files: {uri}")
         group_rows, names0 = [], None

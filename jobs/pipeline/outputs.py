@@ -1,19 +1,22 @@
-"""Output directories: sharded Parquet, a run record for safe resume, quarantine, the manifest.
+"""Output directories: committed Parquet files, a run record for safe resume, quarantine, the manifest.
 
 Layout of a job's output directory ``OUT``::
 
-    OUT/part-<hash>.parquet         the rows (schema given to the writer, never inferred)
-    OUT/_quarantine/part-*.parquet  rejected input rows with a reason (arrow.QUARANTINE)
-    OUT/_run.json                   the settings that fix the results (checked on resume)
-    OUT/_manifest.json              written last: config, versions, counts, timings
+    OUT/part-<shard>.<attempt>.parquet  the rows (schema given to the writer, never inferred)
+    OUT/_commits/part-<shard>.json      the commit record naming each committed file
+    OUT/_quarantine/...                 rejected input rows with a reason (arrow.QUARANTINE), same layout
+    OUT/_run.json                       the settings that fix the results (checked on resume)
+    OUT/_manifest.json                  written last: config, versions, counts, timings, storage
 
 Both JSON records go through ``tribunal.cluster.redact``: values under secret-named keys are
 redacted, URLs lose user info and query strings, the environment is recorded through an allowlist
 (with the ``ray job submit`` submission id, when there is one).
 
-Resume: a re-run with the same settings reads the ids already present in the shards (and in the
-quarantine) and skips those samples; shards are written atomically, so a killed run leaves only
-whole shards behind (and temporaries, which are removed).
+Commit protocol (``tribunal.cluster.storage``): a file counts once its commit record exists,
+created if absent; readers list the live records only (``parts``), files no record names are
+removed at the next run's start. Resume: a re-run with the same settings reads the ids in the
+committed files (and quarantine) and skips those samples. ``Roller`` merges the small per-batch
+files into target-size files as a run goes; ``roll`` is also what ``tribunal compact`` runs.
 """
 
 from __future__ import annotations
@@ -94,24 +97,36 @@ class OutputDir:
     def exists(self) -> bool:
         return self.fs.exists(self.path)
 
-    def _ls_parts(self, path: str) -> list[str]:
-        # Object-store listings are cached by s3fs: always list afresh, workers wrote meanwhile.
-        self.fs.invalidate_cache(path)
-        if not self.fs.exists(path):
-            return []
-        return sorted(p for p in self.fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
-
     def parts(self) -> list[str]:
-        return self._ls_parts(self.path)
+        """The committed part files (``storage.committed_files``: what the live commit records
+        name; the ``part-*`` listing of an output written before commit records)."""
+        return storage.committed_files(self.fs, self.path)
 
     def quarantine_parts(self) -> list[str]:
-        return self._ls_parts(self.quarantine)
+        return storage.committed_files(self.fs, self.quarantine)
 
     def reset_parts(self) -> None:
         """Remove the shards of an earlier run (reducers always recompute) and make the directory."""
-        for p in self.parts():
-            self.fs.rm(p)
+        self.fs.invalidate_cache(self.path)
+        if self.fs.exists(self.path):
+            for p in self.fs.ls(self.path, detail=False):
+                if p.rsplit("/", 1)[-1].startswith("part-"):
+                    self.fs.rm(p)
+            commits = storage.join(self.path, storage.COMMITS)
+            if self.fs.exists(commits):
+                self.fs.rm(commits, recursive=True)
         self.fs.makedirs(self.path, exist_ok=True)
+        storage.mark_committed_layout(self.fs, self.path)
+
+    def roll(self, target_bytes: int, final: bool = False) -> int:
+        """Merge committed files into files of about ``target_bytes`` (``storage.plan_merges``);
+        returns how many merged files were committed. Safe while writers run: it only touches
+        committed files, and a merged file replaces its inputs in one commit record."""
+        merged = 0
+        for directory in (self.path, self.quarantine):
+            for group in storage.plan_merges(storage.commit_records(self.fs, directory)[0], target_bytes, final):
+                merged += storage.merge(self.fs, directory, group)
+        return merged
 
     def read(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
         import pyarrow.dataset as ds
@@ -155,9 +170,22 @@ class OutputDir:
                     )
         elif self.parts():
             raise TribunalError(f"{self.display()} has part files but no {RUN_FILE}: not a tribunal output; use another --output")
-        storage.clean_temporaries(self.fs, self.path)
         self.run = RunToken(self.fs, run_path, uuid.uuid4().hex)
         storage.write_text_atomic(self.fs, run_path, json.dumps({"settings": settings, "run_id": self.run.run_id}, indent=2, sort_keys=True))
+        # After the new token: a worker of a killed run can no longer commit. What no live commit
+        # record names (attempts that never committed, files a merge replaced) goes now.
+        for directory in (self.path, self.quarantine):
+            if not storage.has_commit_layout(self.fs, directory):
+                self._adopt_legacy(directory)
+            storage.remove_garbage(self.fs, directory)
+
+    def _adopt_legacy(self, directory: str) -> None:
+        """An output written before commit records: each of its part files gets a record (they
+        were published atomically, so each is whole), then the directory is marked."""
+        for f in storage.committed_files(self.fs, directory):  # the legacy listing
+            name = f.rsplit("/", 1)[-1]
+            storage.commit(self.fs, directory, name[: -len(".parquet")], name, rows=storage.parquet_footer(self.fs, f).num_rows, bytes=self.fs.size(f))
+        storage.mark_committed_layout(self.fs, directory)
 
     def done_ids(self) -> pa.Array:
         import pyarrow.compute as pc
@@ -183,7 +211,7 @@ class OutputDir:
     def write_manifest(self, manifest: dict[str, Any]) -> str:
         """Write the manifest (redacted, plus this run's allowlisted facts) and return its path."""
         path = storage.join(self.path, MANIFEST)
-        manifest = {**manifest, "run": run_info()}
+        manifest = {**manifest, "storage": storage.storage_settings(self.fs), "run": run_info()}
         text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
         safe = redact.redact(json.loads(text))  # default=str first: every value is JSON now
         storage.write_text_atomic(self.fs, path, json.dumps(safe, indent=2, sort_keys=False))
@@ -191,6 +219,28 @@ class OutputDir:
 
     def display(self, path: str | None = None) -> str:
         return storage.display(self.fs, path or self.path)
+
+
+class Roller:
+    """Driver-side rolling of a job's output into files of about ``target_bytes``: the workers
+    commit one small file per batch (a kill loses at most the batch each actor has in flight);
+    once they add up to a target's worth, the driver merges them into one committed file that
+    replaces them. ``finish`` merges what is left (files under the target, two or more)."""
+
+    def __init__(self, out: OutputDir, target_bytes: int):
+        self.out, self.target = out, target_bytes
+        self.pending = 0
+        self.merged = 0
+
+    def add(self, nbytes: int) -> None:
+        self.pending += nbytes
+        if self.pending >= self.target:
+            self.merged += self.out.roll(self.target)
+            self.pending = 0
+
+    def finish(self) -> int:
+        self.merged += self.out.roll(self.target, final=True)
+        return self.merged
 
 
 def input_files(uri: str) -> tuple[Any, list[str]]:

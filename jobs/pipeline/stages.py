@@ -290,19 +290,21 @@ STATS = pa.schema(
         ("engine_load_s", pa.float64()),  # > 0 on the first shard of each engine actor
         ("request_prompt_tokens", pa.int64()),  # prompt tokens sent to the engine (one per request, not per row)
         ("cached_prompt_tokens", pa.int64()),  # of those, served by the engine's prefix cache
+        ("bytes", pa.int64()),  # the committed file's size (the driver rolls files to the target size)
     ]
 )
 
 
 def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema, run=None) -> pa.Table:
-    """Write one block as one atomic shard; emit one row of counts for the driver's progress line.
+    """Write one block as one committed shard; emit one row of counts for the driver's progress
+    line (and its rolling of the small shards into target-size files, ``outputs.Roller``).
 
     A block holds whole samples (the generate stage emits all rows of a sample together), so a
     shard is a unit of resume: a sample is either entirely in the output or not at all.
     """
     import pyarrow.compute as pc
 
-    from tribunal.cluster.storage import join, write_parquet_atomic
+    from tribunal.cluster.storage import ParquetShardWriter, join
 
     if len(batch) == 0:
         return pa.Table.from_pylist([], schema=STATS)
@@ -311,8 +313,16 @@ def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema, run=Non
     batch = batch.drop_columns(list(engine))
     ids = batch[c.ID].to_pylist()
     name = shard_name([f"{i}\x1e{j}" for i, j in zip(ids, range(len(ids)))])
-    if not write_parquet_atomic(fs, join(out_dir, name), batch, schema, publish_if=run and run.current):
-        return pa.Table.from_pylist([], schema=STATS)  # a newer run owns the output: this batch is its to do
+    writer = ParquetShardWriter(fs, join(out_dir, name), schema)
+    try:
+        writer.write(batch)
+    except BaseException:
+        writer.close(publish=False)
+        raise
+    if not writer.close(publish_if=run and run.current):
+        # A newer run owns the output (this batch is its to do), or another writer committed
+        # the same shard first (its copy stands).
+        return pa.Table.from_pylist([], schema=STATS)
 
     def count(col: str, fn) -> int:
         return int(fn(batch[col]).as_py() or 0) if col in batch.column_names else 0
@@ -329,5 +339,6 @@ def write_stage(batch: pa.Table, *, out_dir: str, fs, schema: pa.Schema, run=Non
         "engine_load_s": float(engine.get(ENGINE_LOAD_S, 0.0)),
         "request_prompt_tokens": int(engine.get(PREFILL_TOKENS, 0)),
         "cached_prompt_tokens": int(engine.get(CACHED_TOKENS, 0)),
+        "bytes": writer.bytes,
     }
     return pa.Table.from_pylist([stats], schema=STATS)

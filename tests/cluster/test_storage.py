@@ -28,8 +28,10 @@ def test_a_shard_is_published_whole_or_not_at_all(where, tmp_path, request):
     assert not storage.write_parquet_atomic(fs, dropped, TABLE, TABLE.schema, publish_if=lambda: False)
     fs.invalidate_cache()
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    assert names == ["part-kept.parquet"]  # no temporary left either
-    with fs.open(kept, "rb") as f:
+    (committed,) = storage.committed_files(fs, root)  # the file the commit record names
+    assert names == ["_commits", committed.rsplit("/", 1)[-1]]  # no temporary, no dropped attempt
+    assert committed.rsplit("/", 1)[-1].startswith("part-kept.")
+    with fs.open(committed, "rb") as f:
         back = pq.read_table(f)
     assert back.equals(TABLE)
-    assert pq.ParquetFile(fs.open(kept, "rb")).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert pq.ParquetFile(fs.open(committed, "rb")).metadata.row_group(0).column(0).compression == "ZSTD"

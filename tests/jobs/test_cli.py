@@ -27,7 +27,8 @@ def tribunal(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
                "tribunal.jobs.score", "tribunal.jobs.filter", "tribunal.jobs.export", "tribunal.jobs.pipeline.scoring", "tribunal.jobs.rewards.prob",
                "tribunal.jobs.rewards.std_filter", "tribunal.jobs.rewards.rule", "tribunal.jobs.rewards.adapters", "tribunal.schemas.rollouts",
                "tribunal.jobs.metarm_score", "tribunal.jobs.pipeline.metarm", "tribunal.jobs.engines.faults", "tribunal.training.data", "tribunal.training.trainer",
-               "tribunal.training.sft", "tribunal.training.metarm", "tribunal.jobs.demo", "tribunal.training.toy.recipe", "tribunal.training.toy.task"]
+               "tribunal.training.sft", "tribunal.training.metarm", "tribunal.jobs.demo", "tribunal.training.toy.recipe", "tribunal.training.toy.task",
+               "tribunal.jobs.compact"]
 )
 def test_light_paths_import_no_heavy_modules(module):
     code = f"import sys, {module}; from tribunal.jobs.cli import build_parser; build_parser(); print(sorted(m for m in {HEAVY!r} if m in sys.modules))"

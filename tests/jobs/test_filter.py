@@ -52,7 +52,7 @@ def test_filter_matches_pure_library_and_reconciles(tmp_path):
     counts = m["counts"]
     assert counts["reconciled"] and counts["prompts_in"] == 304 and counts["rollouts_in"] == table.num_rows
 
-    dec = pl.read_parquet(tmp_path / "kept" / "_prompts")
+    dec = pl.read_parquet(tmp_path / "kept" / "_prompts" / "*.parquet")
     want = _pure(table, cfg.rule(), cfg.step_prompts)
     got = dict(zip(dec[c.PROMPT_ID], dec[c.FILTER_REASON]))
     assert got == want
@@ -73,7 +73,7 @@ def test_filter_matches_pure_library_and_reconciles(tmp_path):
     assert state["steps_done"] == 9 and state["state"]["ema"] == pytest.approx(m["final_state"]["ema"])
     m2 = run(FilterConfig(input=str(src), output=str(tmp_path / "seeded"), step_prompts=37, state=str(tmp_path / "kept" / "_filter_state.json")))
     assert m2["counts"]["prompts_by_reason"]["warmup"] == 0
-    seeded = pl.read_parquet(tmp_path / "seeded" / "_prompts")
+    seeded = pl.read_parquet(tmp_path / "seeded" / "_prompts" / "*.parquet")
     assert seeded[c.STEP].min() == 9 and seeded[c.THRESHOLD].null_count() == 0
 
     # same settings again: nothing to redo, same bytes; other settings: refused

@@ -1,0 +1,84 @@
+"""compact: merge the committed files of a finished output into files of about the target size.
+
+Input: any tribunal output directory (local path or ``s3://``): trajectories, scores, votes,
+corpora; its ``_quarantine/`` too. An output written before commit records first gets a record
+per part file. Files no record names (attempts a killed run left) are removed; committed files
+under the target are merged, streamed row group by row group, each merged file committed with a
+record that replaces its inputs in one step, so a kill at any point leaves every row exactly once.
+Idempotent: a second run finds nothing to merge. Run it on a finished output, not beside a job
+writing into it.
+
+Run::
+
+    tribunal compact --input traj/ --target-file-mb 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.outputs import OutputDir
+from tribunal.schemas.errors import TribunalError
+
+
+@dataclass(frozen=True)
+class CompactConfig:
+    """A compaction of one output directory."""
+
+    input: str = opt("", "a tribunal output directory (local path or s3://...)")
+    target_file_mb: float = opt(256.0, "merge committed files into files of about this size (MiB)")
+
+    def __post_init__(self) -> None:
+        check(bool(self.input), "input", "is required")
+        check(self.target_file_mb > 0, "target_file_mb", f"must be > 0, got {self.target_file_mb}")
+
+
+def _census(out: OutputDir) -> dict:
+    from tribunal.cluster import storage
+
+    records = [r for d in (out.path, out.quarantine) for r in storage.commit_records(out.fs, d)[0]]
+    return {"files": len(records), "bytes": sum(r.get("bytes", 0) for r in records), "rows": sum(r.get("rows", 0) for r in records)}
+
+
+def run(cfg: CompactConfig, *, stream=None) -> dict:
+    from tribunal.cluster import storage
+
+    stream = stream or sys.stderr
+    t0 = time.time()
+    out = OutputDir(cfg.input)
+    if not out.exists() or (not out.parts() and not out.quarantine_parts()):
+        raise TribunalError(f"{out.display()}: no committed part files to compact")
+    for d in (out.path, out.quarantine):
+        if not storage.has_commit_layout(out.fs, d) and storage.committed_files(out.fs, d):
+            out._adopt_legacy(d)
+    removed = sum(storage.remove_garbage(out.fs, d) for d in (out.path, out.quarantine))
+    before = _census(out)
+    merged = out.roll(int(cfg.target_file_mb * 2**20), final=True)
+    after = _census(out)
+    if after["rows"] != before["rows"]:  # a merge keeps every row: anything else is a bug, say so
+        raise TribunalError(f"{out.display()}: compaction changed the row count {before['rows']} -> {after['rows']}")
+    result = {"before": before, "after": after, "merged_files": merged, "garbage_removed": removed, "seconds": round(time.time() - t0, 3)}
+    print(
+        f"[compact] {out.display()}: {before['files']} files ({before['bytes'] / 2**20:.1f} MiB) -> {after['files']} files "
+        f"({after['bytes'] / 2**20:.1f} MiB), {after['rows']} rows; {removed} uncommitted or replaced files removed",
+        file=stream,
+    )
+    return result
+
+
+def add_cli(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, CompactConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tribunal.jobs.cli import run_main
+
+    return run_main("compact", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
