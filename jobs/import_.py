@@ -109,14 +109,15 @@ def run(cfg: ImportConfig, *, stream=None) -> dict:
         table = table.append_column(name, pa.array(list(values), pa.string()))
     out = OutputDir(cfg.output)
     out.reset_parts()
-    storage.write_parquet_atomic(out.fs, storage.join(out.path, "part-00000.parquet"), table, importers.IMPORTED)
+    # The only writer of its directory: the file keeps the shard name (as export and filter).
+    storage.write_parquet_atomic(out.fs, storage.join(out.path, "part-00000.parquet"), table, importers.IMPORTED, replace=True)
     for p in out.quarantine_parts():
         out.fs.rm(p)
     if quarantine.num_rows:
         from tribunal.schemas import arrow
 
         out.fs.makedirs(out.quarantine, exist_ok=True)
-        storage.write_parquet_atomic(out.fs, storage.join(out.quarantine, "part-00000.parquet"), quarantine, arrow.QUARANTINE)
+        storage.write_parquet_atomic(out.fs, storage.join(out.quarantine, "part-00000.parquet"), quarantine, arrow.QUARANTINE, replace=True)
     timer.mark("written")
     reasons: dict[str, int] = {}
     for r in quarantine.column(c.REASON).to_pylist():

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from fuzz_inputs import hostile_table, wrong_type_table
-from helpers import check_output
 from tribunal.jobs.pipeline.outputs import OutputDir
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c

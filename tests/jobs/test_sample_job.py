@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -162,43 +161,6 @@ def test_s3_round_trip(ray_local, tiny_model, s3_server, tmp_path):
     assert manifest["counts"]["reconciled"] and manifest["output"] == "s3://tribunal-test/out/trajectories"
     votes = pq.read_table(fs.open(fs.glob("tribunal-test/out/votes/part-*.parquet")[0], "rb"))
     assert votes.num_rows == 4
-
-
-@pytest.mark.slow
-def test_sigkill_resume(tiny_model, tmp_path):
-    """Kill the driver with SIGKILL mid-run; the same command completes the output exactly once."""
-    n = 24
-    samples = write_samples(tmp_path / "samples.parquet", make_rows(n))
-    out = tmp_path / "traj"
-    # A tiny target: the driver merges committed batch files while the run goes, so the kill
-    # may land in a merge too.
-    cmd = [sys.executable, "-m", "tribunal.jobs.sample", "--input", str(samples), "--output", str(out), "--model", tiny_model,
-           "--k", "2", "--batch-size", "2", "--max-tokens", "48", "--target-file-mb", "0.03"]
-    env = run_then_kill(cmd, out)
-    from tribunal.cluster import storage
-
-    fs, _ = storage.resolve(str(out))
-    survivors = pa.concat_tables([pq.read_table(p) for p in storage.committed_files(fs, str(out))])  # what the commit records name
-    done_before = len(set(survivors[c.ID].to_pylist()))
-    assert 0 < done_before < n
-
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    t = read_dir(out)
-    keys = list(zip(t[c.ID].to_pylist(), t[c.SAMPLE_INDEX].to_pylist(), t[c.HINTED].to_pylist()))
-    assert len(keys) == len(set(keys)) == 2 * n
-    # Work committed before the kill was kept, not redone (the re-run merged those small files
-    # into one target-size file: the rows are the same, byte for byte).
-    final = {(r[c.ID], r[c.SAMPLE_INDEX], r[c.HINTED]): r[c.TEXT] for r in t.to_pylist()}
-    assert all(final[(r[c.ID], r[c.SAMPLE_INDEX], r[c.HINTED])] == r[c.TEXT] for r in survivors.to_pylist())
-    committed = sorted(p.rsplit("/", 1)[-1] for p in storage.committed_files(fs, str(out)))
-    assert sorted(p.name for p in out.glob("part-*.parquet")) == committed  # nothing uncommitted left
-    assert len(committed) < n // 2  # rolled: fewer files than engine batches
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["this_run"]["resumed_from"] == done_before
-    assert manifest["this_run"]["samples"] == n - done_before
-    assert manifest["counts"]["reconciled"] and manifest["counts"]["duplicate_keys"] == 0
-    assert not list(out.rglob(".tmp-*"))
 
 
 def test_template_that_cannot_take_n_quarantines_the_sample(ray_local, tiny_model, tmp_path):
