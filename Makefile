@@ -1,6 +1,5 @@
 # The two commands of the README:
-#   make demo   set up, then `tribunal demo`: the committed toy GRM and meta-RM on held-out samples
-#               (sample k=16, meta-RM score, vote, eval) on an embedded local Ray
+#   make demo   set up, build the tiny local GRM, label the demo samples on an embedded local Ray
 #   make test   set up, run the whole test suite (what .ci/run runs), then the vLLM tier
 #   make test-vllm   only the vLLM tier: the vLLM engine tests on vLLM's CPU build, in .venv-vllm
 PY ?= python3
@@ -30,8 +29,14 @@ $(BIN)/tribunal: pyproject.toml
 
 setup: $(BIN)/tribunal
 
-demo: setup
-	$(BIN)/tribunal demo --output demo/run
+demo/tiny-grm/config.json: | setup
+	$(BIN)/tribunal build-tiny-model --output demo/tiny-grm
+
+demo/samples.parquet: | setup
+	$(BIN)/python -c "from tribunal.jobs.demo import write_demo_samples as w; w('demo/samples.parquet')"
+
+demo: setup demo/tiny-grm/config.json demo/samples.parquet
+	$(BIN)/tribunal label --config configs/label_demo.yaml
 
 $(VBIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VVENV)

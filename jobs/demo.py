@@ -1,8 +1,8 @@
 """demo: the README's main command, and small synthetic data for tests and benches.
 
 ``tribunal demo`` runs the real pipeline (embedded local Ray, local files) with the toy GRM and
-meta-RM committed in ``training/toy/models/`` (trained by ``tribunal recipe toy-grm``) on
-held-out toy samples: sample k = 16 trajectories per sample, score them with the meta-RM, vote,
+meta-RM in ``training/toy/models/`` (built by ``tribunal recipe toy-grm --export
+training/toy/models``; none is committed yet) on held-out toy samples: sample k = 16 trajectories per sample, score them with the meta-RM, vote,
 and evaluate voting and meta-RM guided voting at k = 1, 2, 4, 8, 16 (``tribunal eval``): the table
 is printed, the plot written.
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.schemas.errors import TribunalError
 
 
 def demo_rows(count: int = 32, seed: int = 0) -> list[dict]:
@@ -102,6 +103,12 @@ def run(cfg: DemoConfig, *, stream=None) -> dict:
     out = Path(cfg.output)
     model = cfg.model or str(recipe.COMMITTED / "toy-grm")
     meta_rm = cfg.meta_rm or str(recipe.COMMITTED / "toy-metarm")
+    for what, path in (("GRM", model), ("meta-RM", meta_rm)):
+        if not (Path(path) / "config.json").is_file():
+            raise TribunalError(
+                f"demo: no toy {what} at {path}: build the toy models with "
+                f"`tribunal recipe toy-grm --output runs/toy --export {recipe.COMMITTED}` (or pass --model and --meta-rm)"
+            )
     samples = out / "samples.parquet"
     recipe.write_samples(task.samples(cfg.samples, seed=cfg.seed, split="test", prefix="test-"), samples)
     print(f"[demo] {cfg.samples} held-out toy samples -> {samples}", file=stream)
