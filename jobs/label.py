@@ -49,7 +49,7 @@ class LabelConfig(SampleConfig):
             input=join(self.output, "trajectories"), output=join(self.output, "scored"), model=self.meta_rm, engine=self.engine,
             concurrency=self.concurrency, num_gpus_per_actor=self.num_gpus_per_actor, num_cpus_per_actor=self.num_cpus_per_actor,
             batch_size=self.batch_size, dtype=self.dtype, device=self.device, max_model_len=self.max_model_len,
-            gpu_memory_utilization=self.gpu_memory_utilization, address=self.address, overwrite=self.overwrite,
+            gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager, address=self.address, overwrite=self.overwrite,
         )
 
     def vote_config(self) -> VoteConfig:

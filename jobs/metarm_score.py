@@ -48,6 +48,7 @@ class MetaRmScoreConfig:
     device: str = opt("auto", "transformers device: auto, cpu, cuda")
     max_model_len: int | None = opt(None, "vLLM context length limit")
     gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
+    enforce_eager: bool = opt(False, "vLLM: run eagerly, without CUDA graphs or torch.compile (starts much faster; slower steady state on GPU)")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     overwrite: bool = opt(False, "delete an existing output directory first")
 
@@ -60,7 +61,8 @@ class MetaRmScoreConfig:
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(kind=self.engine, model=self.model, task="classify", dtype=self.dtype, device=self.device,
-                            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization)
+                            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
+                            enforce_eager=self.enforce_eager)
 
     def settings(self) -> dict:
         return {"input": self.input, "model": self.model}

@@ -57,6 +57,7 @@ class SampleConfig:
     gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
     max_num_seqs: int | None = opt(None, "vLLM max concurrent sequences")
     tensor_parallel_size: int = opt(1, "vLLM GPUs per engine")
+    enforce_eager: bool = opt(False, "vLLM: run eagerly, without CUDA graphs or torch.compile (starts much faster; slower steady state on GPU)")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     overwrite: bool = opt(False, "delete an existing output directory first")
     target_file_mb: float = opt(256.0, "output files are merged to about this size (MiB); each engine batch is committed on its own first")
@@ -87,6 +88,7 @@ class SampleConfig:
             gpu_memory_utilization=self.gpu_memory_utilization,
             max_num_seqs=self.max_num_seqs,
             tensor_parallel_size=self.tensor_parallel_size,
+            enforce_eager=self.enforce_eager,
         )
 
     def sampling(self) -> SamplingConfig:

@@ -78,6 +78,7 @@ class ScoreConfig:
     device: str = opt("auto", "transformers device: auto, cpu, cuda")
     max_model_len: int | None = opt(None, "vLLM context length limit")
     gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
+    enforce_eager: bool = opt(False, "vLLM: run eagerly, without CUDA graphs or torch.compile (starts much faster; slower steady state on GPU)")
     address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
     overwrite: bool = opt(False, "delete an existing output directory first")
 
@@ -98,7 +99,8 @@ class ScoreConfig:
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(kind=self.engine, model=self.model, task="generate", dtype=self.dtype, device=self.device,
-                            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization)
+                            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
+                            enforce_eager=self.enforce_eager)
 
     def answer_format(self):
         from tribunal.jobs.rewards.prob import AnswerFormat

@@ -134,8 +134,11 @@ def installed_vllm_device() -> str | None:
 
 def vllm_options(device: str) -> dict:
     """Engine options for a test engine on ``device``: on the CPU build ``gpu_memory_utilization``
-    is the share of RAM for the KV cache (the tests share a small machine: 5%)."""
-    return {"gpu_memory_utilization": 0.05 if device == "cpu" else 0.3, "max_model_len": 4096}
+    is the share of RAM for the KV cache (the tests share a small machine: 5%), and engines run
+    eagerly (no torch.compile warm-up: 15 s to start instead of 35 s, same results)."""
+    if device == "cpu":
+        return {"gpu_memory_utilization": 0.05, "max_model_len": 4096, "enforce_eager": True}
+    return {"gpu_memory_utilization": 0.3, "max_model_len": 4096}
 
 
 @pytest.fixture(scope="module", params=VLLM_DEVICES)

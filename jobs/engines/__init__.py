@@ -147,6 +147,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.90  # vLLM share of GPU memory for weights + KV cache (CPU build: of RAM for the KV cache)
     max_num_seqs: int | None = None  # vLLM concurrent sequences; None = vLLM's default
     tensor_parallel_size: int = 1  # vLLM GPUs per engine
+    enforce_eager: bool = False  # vLLM: no CUDA graphs / torch.compile (starts much faster, slower steady state)
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINES:

@@ -46,6 +46,7 @@ def engine_args(cfg: EngineConfig) -> dict:
         "runner": "pooling" if cfg.task == "classify" else "generate",
         "gpu_memory_utilization": cfg.gpu_memory_utilization,
         "tensor_parallel_size": cfg.tensor_parallel_size,
+        "enforce_eager": cfg.enforce_eager,
     }
     if cfg.max_model_len is not None:
         args["max_model_len"] = cfg.max_model_len

@@ -109,7 +109,8 @@ def test_rft_job_end_to_end(ray_local, tiny_model, s3_server, tmp_path):
         {"id": "tie", "context": [{"role": "user", "content": "q"}], "responses": ["a", "b"], "labels": [1.0, 1.0]}]
     samples = write_samples(tmp_path / "prefs.parquet", rows)
     out = tmp_path / "rft_run"
-    result = run(RftConfig(input=str(samples), output=str(out), model=tiny_model, k=3, hint="auto", seed=3, **FAST))
+    # A tiny target: the trajectories stay in several files, so rft-filter below reads several chunks.
+    result = run(RftConfig(input=str(samples), output=str(out), model=tiny_model, k=3, hint="auto", seed=3, target_file_mb=0.001, **FAST))
     traj = read_dir(out / "trajectories")
     sft, metarm = read_dir(out / "sft"), read_dir(out / "metarm")
     assert traj.schema.equals(arrow.TRAJECTORY) and sft.schema.equals(arrow.SFT) and metarm.schema.equals(arrow.METARM)

@@ -105,7 +105,8 @@ def test_sample_on_vllm_resumes_after_sigkill(vllm_device, tiny_model, tmp_path)
     opts = {**_opts(vllm_device), "batch_size": 2, "k": 2}
     cmd = [sys.executable, "-m", "tribunal.jobs.sample", "--input", str(samples), "--output", str(out), "--model", tiny_model]
     for key, val in opts.items():
-        cmd += [f"--{key.replace('_', '-')}", str(val)]
+        flag = f"--{key.replace('_', '-')}"
+        cmd += ([flag] if val else [f"--no-{flag[2:]}"]) if isinstance(val, bool) else [flag, str(val)]
     env = run_then_kill(cmd, out, shards=2)
     done_before = len({i for p in out.glob("part-*.parquet") for i in pq.read_table(p)[c.ID].to_pylist()})
     assert 0 < done_before < n
