@@ -35,7 +35,7 @@ def _done(out) -> int:
 
 
 def test_sigkill_at_five_points_then_every_key_once(tiny_model, tmp_path):
-    n = 40
+    n = 24
     rows = make_rows(n)
     samples = write_samples(tmp_path / "s.parquet", rows)
     out = tmp_path / "out"
@@ -45,7 +45,7 @@ def test_sigkill_at_five_points_then_every_key_once(tiny_model, tmp_path):
         ("prepared", lambda job: job.saw("already done")),  # output prepared, Ray up, nothing generated
         ("engines loading", lambda job: job.saw("loading") and (time.sleep(0.5) or True)),
         ("first shard", lambda job: _done(out) >= 1),
-        ("mid-run", lambda job: _done(out) >= 8),
+        ("mid-run", lambda job: _done(out) >= 6),
     ]
     done_before = []
     for name, cond in points:

@@ -198,11 +198,11 @@ def test_rft_job_end_to_end(ray_local, tiny_model, s3_server, tmp_path):
 
 @pytest.mark.slow
 def test_rft_resumes_after_sigkill(tiny_model, tmp_path):
-    n = 20
+    n = 12
     samples = write_samples(tmp_path / "prefs.parquet", make_rows(n))
     out = tmp_path / "rft_run"
     cmd = [sys.executable, "-m", "tribunal.jobs.rft", "--input", str(samples), "--output", str(out), "--model", tiny_model,
-           "--n-rft", "2", "--batch-size", "2", "--max-tokens", "48", "--hint", "always"]
+           "--n-rft", "2", "--batch-size", "2", "--max-tokens", "32", "--hint", "always"]
     traj = out / "trajectories"
     env = run_then_kill(cmd, traj)
     assert not (out / "funnel.json").exists()
