@@ -92,34 +92,6 @@ def test_rft_on_vllm(vllm_device, ray_local, tiny_model, samples, tmp_path):
     assert json.dumps(m)
 
 
-@pytest.mark.slow
-def test_sample_on_vllm_resumes_after_sigkill(vllm_device, tiny_model, tmp_path):
-    import subprocess
-
-    sys.path.insert(0, str(ROOT / "tests" / "jobs"))
-    from test_sample_job import read_dir, run_then_kill  # the main tier's SIGKILL helpers
-
-    n = 16
-    samples = write_samples(tmp_path / "samples.parquet", make_rows(n))
-    out = tmp_path / "traj"
-    opts = {**_opts(vllm_device), "batch_size": 2, "k": 2}
-    cmd = [sys.executable, "-m", "tribunal.jobs.sample", "--input", str(samples), "--output", str(out), "--model", tiny_model]
-    for key, val in opts.items():
-        flag = f"--{key.replace('_', '-')}"
-        cmd += ([flag] if val else [f"--no-{flag[2:]}"]) if isinstance(val, bool) else [flag, str(val)]
-    env = run_then_kill(cmd, out, shards=2)
-    done_before = len({i for p in out.glob("part-*.parquet") for i in pq.read_table(p)[c.ID].to_pylist()})
-    assert 0 < done_before < n
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "engine loaded in" in rerun.stderr
-    t = read_dir(out)
-    keys = list(zip(t[c.ID].to_pylist(), t[c.SAMPLE_INDEX].to_pylist(), t[c.HINTED].to_pylist()))
-    assert len(keys) == len(set(keys)) == 2 * n
-    manifest = json.loads((out / "_manifest.json").read_text())
-    assert manifest["counts"]["reconciled"] and manifest["this_run"]["resumed_from"] == done_before
-
-
 def test_metarm_score_on_vllm_pooling_matches_transformers(vllm_device, ray_local, tiny_classifier, tmp_path):
     """metarm-score with --engine vllm (vLLM's pooling runner, `classify`) on a meta-RM checkpoint
     laid out as `tribunal train metarm` exports it (one logit, problem_type
