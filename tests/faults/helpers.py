@@ -84,16 +84,24 @@ class Job:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        wait_session_gone(self.proc.pid)
+        wait_session_gone(self.proc.pid, kill=True)
 
 
-def wait_session_gone(sid: int, timeout: float = 60) -> None:
+def wait_session_gone(sid: int, timeout: float = 60, kill: bool = False) -> None:
+    """Wait until no process of session ``sid`` is alive; ``kill``: SIGKILL them too (a Ray daemon
+    can leave the driver's process group but not its session)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        out = subprocess.run(["ps", "-eo", "sid=,stat="], capture_output=True, text=True).stdout.split("\n")
-        alive = [l for l in out if l.split() and l.split()[0] == str(sid) and not l.split()[1].startswith("Z")]
+        out = subprocess.run(["ps", "-eo", "pid=,sid=,stat="], capture_output=True, text=True).stdout.split("\n")
+        alive = [l.split() for l in out if len(l.split()) == 3 and l.split()[1] == str(sid) and not l.split()[2].startswith("Z")]
         if not alive:
             return
+        if kill:
+            for pid, _, _ in alive:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         time.sleep(0.3)
     raise AssertionError(f"processes of session {sid} are still alive after {timeout} s")
 
