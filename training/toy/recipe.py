@@ -5,12 +5,12 @@ after a kill goes on where it stopped):
 
 1. ``base/``: a byte-level BPE tokenizer (digits split) trained on the toy templates and task text,
    and a randomly initialised Llama causal LM (head_dim 64, so vLLM accepts it);
-2. cold start, in ``--teacher-stages`` (default four): each stage writes fresh teacher
+2. cold start, in ``--teacher-stages`` (default five): each stage writes fresh teacher
    trajectories for training samples (``training.toy.task``) as an SFT corpus (``teacher/``,
    ``teacher2/``, ...) and runs ``tribunal train sft`` on it for one epoch from the previous stage's
-   model (``sft/``, ``sft2/``, ...). The learning rate steps down; the last stage switches to the
-   ``echo`` analysis style (the worked answer repeated beside each response's value), which the
-   tiny model, having learnt the arithmetic, compares far more reliably;
+   model (``sft/``, ``sft2/``, ...). The learning rate steps down; the last two stages switch to the
+   ``echo`` and then the ``digits`` analysis style (the worked answer, then its digits, beside each
+   response's value). Neither has yet taught the tiny model the right/wrong verdict (README);
 3. ``rft/``: ``tribunal rft`` with that GRM on fresh training samples (``--n-rft`` trajectories
    each, hinted sampling ``auto``): rejective sampling writes the RFT corpus and the meta-RM corpus;
 4. ``metarm/``: ``tribunal train metarm`` on the meta-RM corpus, from the GRM's weights;
@@ -53,7 +53,7 @@ class ToyRecipeConfig:
     seed: int = opt(0, "seed of the data, the tokenizer corpus and the model initialisation")
     teacher_stages: str = opt(
         "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo,19200:1e-3:digits",
-        "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain or echo, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
+        "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain, echo or digits, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
     )
     rft_samples: int = opt(1000, "training samples for rejective sampling with the cold-start GRM")
     n_rft: int = opt(4, "non-hinted trajectories per RFT sample")
@@ -63,7 +63,7 @@ class ToyRecipeConfig:
     vocab_size: int = opt(600, "tokenizer vocabulary")
     metarm_lr: float = opt(5e-4, "meta-RM learning rate")
     micro_batch: int = opt(32, "examples per micro-batch (one process)")
-    temperature: float = opt(1.0, "sampling temperature of the RFT and dev runs")
+    temperature: float = opt(1.0, "sampling temperature of the rft step")
     max_tokens: int = opt(256, "generation budget per trajectory")
     engine: str = opt("transformers", "backend of the rft step (vllm: faster, needs vLLM; on CPU its CPU build)", choices=("transformers", "vllm"))
 
