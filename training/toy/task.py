@@ -172,7 +172,7 @@ def worked(q: Question) -> str:
     return f"{units}; {tens}; {q.expression} = {q.answer}."
 
 
-STYLES = ("plain", "echo", "digits")
+STYLES = ("plain", "echo", "digits", "marks")
 
 
 def teacher_completion(sample: dict, view: list[int], rng: random.Random, style: str = "plain") -> str:
@@ -183,7 +183,9 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random, style:
     worked answer beside each response's value ("Response 1 says 71, answer 71, right."), which
     puts the two numbers side by side; ``digits`` also lists their digits in pairs from the units up
     ("Response 1 says 93, answer 102, digits 3 2, 9 0, - 1, wrong."), so each comparison a tiny
-    model makes is between two adjacent tokens."""
+    model makes is between two adjacent tokens; ``marks`` also marks each pair ``same`` or ``diff``
+    ("digits 0 0 same, 8 8 same, right."), so every digit comparison is a target of its own and the
+    verdict only asks whether any pair differs."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     q = _parse_question(sample["context"][-1]["content"])
@@ -195,10 +197,11 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random, style:
         right = labels[j] == 1.0
         who = "The response" if single else f"Response {pos}"
         echo = f", answer {q.answer}" if style in ("echo", "digits") else ""
-        if style == "digits":  # digit pairs from the units up ("-" where a number has no digit)
+        if style in ("digits", "marks"):  # digit pairs from the units up ("-" where a number has no digit)
             width = max(len(said), len(str(q.answer)))
             a, b = said.rjust(width, "-")[::-1], str(q.answer).rjust(width, "-")[::-1]
-            echo += ", digits " + ", ".join(f"{x} {y}" for x, y in zip(a, b))
+            mark = (lambda x, y: " same" if x == y else " diff") if style == "marks" else (lambda x, y: "")
+            echo += ", digits " + ", ".join(f"{x} {y}{mark(x, y)}" for x, y in zip(a, b))
         checks.append(f"{who} says {said}{echo}, {'right' if right else 'wrong'}.")
         if single:
             scores.append(1 if right else 0)
