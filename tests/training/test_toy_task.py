@@ -55,11 +55,12 @@ def test_samples_have_a_unique_correct_response_and_the_expected_shapes():
             assert len(set(values)) == len(values)
 
 
-@pytest.mark.parametrize("seed,style", [(0, "plain"), (1, "echo")])
+@pytest.mark.parametrize("seed,style", [(0, "plain"), (1, "echo"), (2, "digits"), (3, "marks")])
 def test_teacher_trajectories_parse_and_are_correct_under_the_real_rules(seed, style):
     rows = task.samples(400, seed=seed, split="train", single_share=0.2)
     teacher = task.teacher_rows(rows, seed=seed, per_sample=2, style=style)
-    assert all((", answer " in t["completion"][0]["content"]) == (style == "echo") for t in teacher)
+    assert all((", answer " in t["completion"][0]["content"]) == (style in ("echo", "digits")) for t in teacher)
+    assert all((", digits " in t["completion"][0]["content"]) == (style in ("digits", "marks")) for t in teacher)
     assert len(teacher) == 2 * len(rows)
     by_id = {r["id"]: r for r in rows}
     for t in teacher:
@@ -88,3 +89,19 @@ def test_questions_rejects_unknown_split_and_style():
         next(task.questions(random.Random(0), "validation"))
     with pytest.raises(ValueError, match="style"):
         task.teacher_rows(task.samples(1, seed=0, split="train"), seed=0, style="verbose")
+
+
+def test_marks_style_marks_every_digit_pair_and_the_verdict_follows_them():
+    import re
+
+    rows = task.samples(300, seed=4, split="dev", single_share=0.2)
+    for t in task.teacher_rows(rows, seed=4, style="marks"):
+        checks = re.findall(r"says (-?\d+), digits ([^A-Z]*?), (right|wrong)\.", t["completion"][0]["content"])
+        assert len(checks) == len(t["permutation"])
+        answer = int(re.search(r"= (-?\d+)\. ", t["completion"][0]["content"]).group(1))
+        for said, pairs, verdict in checks:
+            marks = re.findall(r"(\S) (\S) (same|diff)", pairs)
+            width = max(len(said), len(str(answer)))
+            assert len(marks) == width  # one pair per digit, units first
+            assert all((x == y) == (m == "same") for x, y, m in marks)
+            assert (verdict == "right") == (int(said) == answer) == all(m == "same" for _, _, m in marks)

@@ -5,12 +5,14 @@ after a kill goes on where it stopped):
 
 1. ``base/``: a byte-level BPE tokenizer (digits split) trained on the toy templates and task text,
    and a randomly initialised Llama causal LM (head_dim 64, so vLLM accepts it);
-2. cold start, in ``--teacher-stages`` (default five): each stage writes fresh teacher
+2. cold start, in ``--teacher-stages`` (default seven): each stage writes fresh teacher
    trajectories for training samples (``training.toy.task``) as an SFT corpus (``teacher/``,
    ``teacher2/``, ...) and runs ``tribunal train sft`` on it for one epoch from the previous stage's
-   model (``sft/``, ``sft2/``, ...). The learning rate steps down; the last two stages switch to the
-   ``echo`` and then the ``digits`` analysis style (the worked answer, then its digits, beside each
-   response's value). Neither has yet taught the tiny model the right/wrong verdict (README);
+   model (``sft/``, ``sft2/``, ...). The learning rate steps down and the analysis style moves from
+   ``plain`` through ``echo`` and ``digits`` to ``marks`` (each digit pair of a response's value and
+   the worked answer marked same or diff): the ``marks`` stages are what taught the 4-layer model
+   the right/wrong verdict (before them it copied and compared the digits but guessed the verdict
+   by position);
 3. ``rft/``: ``tribunal rft`` with that GRM on fresh training samples (``--n-rft`` trajectories
    each, hinted sampling ``auto``): rejective sampling writes the RFT corpus and the meta-RM corpus;
 4. ``metarm/``: ``tribunal train metarm`` on the meta-RM corpus, from the GRM's weights;
@@ -52,8 +54,8 @@ class ToyRecipeConfig:
     export: str | None = opt(None, "copy the final GRM and meta-RM here as toy-grm/ and toy-metarm/ (bfloat16)")
     seed: int = opt(0, "seed of the data, the tokenizer corpus and the model initialisation")
     teacher_stages: str = opt(
-        "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo,19200:1e-3:digits",
-        "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain, echo or digits, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
+        "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo,19200:1e-3:digits,19200:1e-3:marks,19200:5e-4:marks",
+        "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain, echo, digits or marks, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
     )
     rft_samples: int = opt(1000, "training samples for rejective sampling with the cold-start GRM")
     n_rft: int = opt(4, "non-hinted trajectories per RFT sample")
@@ -63,8 +65,8 @@ class ToyRecipeConfig:
     vocab_size: int = opt(600, "tokenizer vocabulary")
     metarm_lr: float = opt(5e-4, "meta-RM learning rate")
     micro_batch: int = opt(32, "examples per micro-batch (one process)")
-    temperature: float = opt(1.0, "sampling temperature of the rft step")
-    max_tokens: int = opt(256, "generation budget per trajectory")
+    temperature: float = opt(0.8, "sampling temperature of the rft step (the demo samples at the same)")
+    max_tokens: int = opt(320, "generation budget per trajectory (the longest teacher trajectory is ~265 tokens)")
     engine: str = opt("transformers", "backend of the rft step (vllm: faster, needs vLLM; on CPU its CPU build)", choices=("transformers", "vllm"))
 
     def stages(self) -> list[tuple[int, float, str]]:

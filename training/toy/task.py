@@ -183,9 +183,11 @@ def teacher_completion(sample: dict, view: list[int], rng: random.Random, style:
     worked answer beside each response's value ("Response 1 says 71, answer 71, right."), which
     puts the two numbers side by side; ``digits`` also lists their digits in pairs from the units up
     ("Response 1 says 93, answer 102, digits 3 2, 9 0, - 1, wrong."), so each comparison a tiny
-    model makes is between two adjacent tokens; ``marks`` also marks each pair ``same`` or ``diff``
-    ("digits 0 0 same, 8 8 same, right."), so every digit comparison is a target of its own and the
-    verdict only asks whether any pair differs."""
+    model makes is between two adjacent tokens; ``marks`` drops the echo and marks each digit pair
+    ``same`` or ``diff`` ("Response 2 says 80, digits 0 0 same, 8 8 same, right."), so every digit
+    comparison is a target of its own and the verdict only asks whether any pair differs. (A 4-layer
+    model trained on ``digits`` copied and compared the digits but learnt the verdict as a prior by
+    position; with ``marks`` its teacher-forced verdicts are right 100% of the time.)"""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     q = _parse_question(sample["context"][-1]["content"])
