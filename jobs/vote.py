@@ -91,14 +91,7 @@ def vote_frame(traj, k: int | None, seed: int, tie: str, guided: bool = False, k
     if v[c.ID].n_unique() != len(v):
         # `sample` writes a sample's rows next to each other; anything else is sorted first (stable).
         v = _sum_runs(t.sort(c.ID, maintain_order=True), width)
-    pos = range(width)
-    # Truth: the unique top label; samples with n = 1, no labels or a shared top label get no verdict.
-    top_label = pl.col(c.LABELS).list.max()
-    label_unique = pl.sum_horizontal(
-        [(pl.col(c.LABELS).list.get(i, null_on_oob=True) == top_label).cast(pl.Int32) for i in pos]
-    ) == 1
-    truth = pl.when(label_unique & (pl.col(c.N_RESPONSES) >= 2)).then(pl.col(c.LABELS).list.arg_max())
-    v = v.with_columns(truth.cast(pl.Int32).alias("_truth"))
+    v = v.with_columns(_truth(v[c.LABELS], v[c.N_RESPONSES]))
     tied_at = v[c.TIED].arg_true()
     if len(tied_at):
         tied = v[tied_at]
@@ -127,6 +120,22 @@ def vote_frame(traj, k: int | None, seed: int, tie: str, guided: bool = False, k
     return v.select([f.name for f in arrow.VOTE])
 
 
+def _truth(labels, n):
+    """``_truth``: the index of the unique top label; null for n = 1, no labels or a shared top
+    label (no verdict). Null labels never count; the first maximum is the index."""
+    import numpy as np
+    import polars as pl
+
+    lens = labels.list.len().fill_null(0).to_numpy()
+    width = int(lens.max(initial=0))
+    m = np.full((len(lens), width), -np.inf)
+    flat = labels.to_arrow().flatten().to_numpy(zero_copy_only=False)
+    m[np.arange(width)[None, :] < lens[:, None]] = np.where(np.isnan(flat), -np.inf, flat)
+    top = m.max(axis=1, initial=-np.inf)
+    ok = (top > -np.inf) & ((m == top[:, None]).sum(axis=1) == 1) & (n.to_numpy() >= 2)
+    return pl.Series("_truth", m.argmax(axis=1) if width else np.zeros(len(lens), np.int64)).cast(pl.Int32).set(pl.Series(~ok), None)
+
+
 def _sum_runs(t, width: int):
     """One row per run of equal ids (a sample): ``id``, ``n_responses`` and ``labels`` of its first
     row, ``k``, ``valid``, the totals ``S*_i`` (null when no trajectory voted), ``_top``, ``best``
@@ -142,7 +151,7 @@ def _sum_runs(t, width: int):
     valid = np.add.reduceat(t[c.SCORES].is_not_null().to_numpy().astype(np.int32), starts)
     totals = np.zeros((len(starts), width), np.int64)
     for i in range(width):
-        totals[:, i] = np.add.reduceat(t[c.SCORES].list.get(i, null_on_oob=True).fill_null(0).to_numpy().astype(np.int64), starts)
+        totals[:, i] = np.add.reduceat(t[c.SCORES].list.get(i, null_on_oob=True).fill_null(0).to_numpy(), starts)
     # Positions past a sample's own n do not exist: masked out of the max, the argmax and the list.
     exists = np.arange(width)[None, :] < n[:, None]
     low = np.iinfo(np.int64).min
