@@ -57,7 +57,7 @@ class ToyRecipeConfig:
         "8000:2e-3,24000:2e-3,28800:1.5e-3,19200:1e-3:echo,19200:1e-3:digits,19200:1e-3:marks,19200:5e-4:marks",
         "cold-start SFT stages, SAMPLES:LR[:STYLE] each (STYLE plain, echo, digits or marks, see training.toy.task): every stage trains one epoch on fresh teacher samples, from the previous stage's model",
     )
-    rft_samples: int = opt(1000, "training samples for rejective sampling with the cold-start GRM")
+    rft_samples: int = opt(3000, "training samples for rejective sampling with the cold-start GRM (their trajectories train the meta-RM)")
     n_rft: int = opt(4, "non-hinted trajectories per RFT sample")
     single_share: float = opt(0.15, "share of single-response (0/1) samples in the training data")
     hidden_size: int = opt(128, "model width (a multiple of 64)")
