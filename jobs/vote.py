@@ -129,7 +129,10 @@ def _truth(labels, n):
     lens = labels.list.len().fill_null(0).to_numpy()
     width = int(lens.max(initial=0))
     m = np.full((len(lens), width), -np.inf)
-    flat = labels.to_arrow().flatten().to_numpy(zero_copy_only=False)
+    # Every label in row order (explode gives an empty or null list one null: dropped by `keep`);
+    # numpy through polars, since pyarrow's to_numpy imports pandas (0.1 s).
+    keep = np.repeat(lens > 0, np.maximum(lens, 1))
+    flat = labels.explode().cast(pl.Float64).to_numpy()[keep]
     m[np.arange(width)[None, :] < lens[:, None]] = np.where(np.isnan(flat), -np.inf, flat)
     top = m.max(axis=1, initial=-np.inf)
     ok = (top > -np.inf) & ((m == top[:, None]).sum(axis=1) == 1) & (n.to_numpy() >= 2)
@@ -148,7 +151,7 @@ def _sum_runs(t, width: int):
     head = t.select(c.ID, c.N_RESPONSES, c.LABELS).filter(first)
     starts = first.arg_true().to_numpy()
     n = head[c.N_RESPONSES].to_numpy().astype(np.int64)
-    valid = np.add.reduceat(t[c.SCORES].is_not_null().to_numpy().astype(np.int32), starts)
+    valid = np.add.reduceat(t[c.SCORES].is_not_null().cast(pl.Int32).to_numpy(), starts)
     totals = np.zeros((len(starts), width), np.int64)
     for i in range(width):
         totals[:, i] = np.add.reduceat(t[c.SCORES].list.get(i, null_on_oob=True).fill_null(0).to_numpy(), starts)
