@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-cpus", type=float, default=1.0)
     p.add_argument("--batch-rollouts", type=int, default=64)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.1,
+                   help="share of memory for the KV cache (vLLM's CPU build reads it as a share of RAM: 0.1 here)")
     p.add_argument("--json")
     a = p.parse_args(argv)
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from tribunal.schemas import columns as c
 
     cfg = ScoreConfig(input=str(work / "rollouts.parquet"), output=str(work / "scored"), mode="prob", model=a.model, engine="vllm",
-                      num_gpus_per_actor=0, num_cpus_per_actor=a.num_cpus, batch_rollouts=a.batch_rollouts, dtype=a.dtype)
+                      num_gpus_per_actor=0, num_cpus_per_actor=a.num_cpus, batch_rollouts=a.batch_rollouts, dtype=a.dtype,
+                      gpu_memory_utilization=a.gpu_memory_utilization)
     epoch0 = time.time()
     t0 = time.perf_counter()
     m = run(cfg, stream=sys.stderr)
