@@ -4,7 +4,7 @@
 GRM and meta-RM in ``training/toy/models/`` (built by ``tribunal recipe toy-grm --export
 training/toy/models``) on held-out toy samples: sample k = 16 trajectories per sample, score them
 with the meta-RM, vote, and evaluate voting and meta-RM guided voting at k = 1, 2, 4, 8, 16
-(``tribunal eval``) beside a greedy pass: the table is printed, the plot written. About 4 minutes
+(``tribunal eval``) beside a greedy pass: the table is printed, the plot written. About 4.5 minutes
 on 2 CPU cores with the default 50 samples (transformers; ``--engine vllm`` is faster where vLLM
 is installed).
 
