@@ -429,6 +429,10 @@ def worker_main(argv: list[str] | None = None) -> int:
     except TribunalError as e:
         print(f"tribunal train {args.task}: error: {e}", file=sys.stderr)
         return 2
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 
@@ -479,4 +483,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(worker_main())
+    code = worker_main()
+    # A rank leaves without the interpreter's shutdown: a daemon thread still inside C++ (gloo, a
+    # tokenizer, the prefetcher's reader) is unwound there with pthread_exit, which aborted a rank
+    # whose work was done and saved ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
