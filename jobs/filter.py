@@ -63,7 +63,7 @@ class FilterConfig:
     std_min: float | None = opt(None, "fixed std threshold instead of the EMA (keep iff std >= it)")
     warmup_steps: int = opt(1, "steps whose mean stds start the EMA (their prompts are kept: reason warmup)")
     step_prompts: int = opt(256, "prompts per filter step (B)")
-    steps_per_shard: int = opt(64, "steps whose decisions are written as one shard (the state is written after every step)")
+    steps_per_shard: int = opt(512, "steps whose decisions are written as one shard (the state is written after every step)")
     reward_column: str = opt(c.REWARD, "column holding the reward")
     state: str | None = opt(None, "a _filter_state.json of an earlier run: start from its ema and step")
     overwrite: bool = opt(False, "delete an existing output directory first")
@@ -122,12 +122,14 @@ def prompt_stats(lf: pl.LazyFrame, reward_column: str) -> pl.DataFrame:
     """One row per prompt in the fixed order (sorted by prompt_id): rollouts, finite rewards, std."""
     r = pl.col(reward_column).cast(pl.Float64)
     stats = (
-        lf.select(pl.col(c.PROMPT_ID).cast(pl.String), r.alias("_r"))
+        # Non-finite rewards become null first: count and std skip nulls on their fast paths
+        # (a filter inside the aggregation: 0.11-0.15 s against 0.10 s on 1M rows here).
+        lf.select(pl.col(c.PROMPT_ID).cast(pl.String), pl.when(r.is_finite()).then(r).alias("_r"))
         .group_by(c.PROMPT_ID)
         .agg(
             pl.len().cast(pl.Int64).alias(c.N_ROLLOUTS),
-            (pl.col("_r").is_not_null() & pl.col("_r").is_finite()).sum().cast(pl.Int64).alias(c.N_REWARDS),
-            pl.col("_r").filter(pl.col("_r").is_not_null() & pl.col("_r").is_finite()).std(ddof=1).alias(c.PROMPT_STD),
+            pl.col("_r").count().cast(pl.Int64).alias(c.N_REWARDS),
+            pl.col("_r").std(ddof=1).alias(c.PROMPT_STD),
         )
         .sort(c.PROMPT_ID)
         # The in-memory engine on purpose: it aggregates each group over its row indices in
