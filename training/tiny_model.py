@@ -3,17 +3,19 @@
 There is no model hub here, so every test that needs "a real transformers model" uses one built
 by this module: a byte-level BPE tokenizer trained on the GRM prompt templates plus synthetic
 conversations, a randomly initialised Llama-architecture causal LM (head_dim 64, so vLLM's GPU
-attention backends accept it), and a short CPU fine-tune on synthetic (prompt, completion) pairs
-whose completions follow the SPEC §2 three-line format::
+attention backends accept it), fine-tuned by the project's own trainer (``tribunal train sft``,
+DeepSpeed ZeRO-0, one process on CPU) on synthetic (prompt, completion) pairs whose completions
+follow the SPEC §2 three-line format::
 
     Specific Criteria: ...
     Analysis: ...
     Scores: \\boxed{a, b}
 
-The model learns the *format*: with the defaults, ~70-90% of temperature-1.0 samples for a
-two-response prompt parse as valid scores (the failures are mostly a wrong score count). It is
-not a judge: which response it prefers is about chance. The build takes under a minute on two
-CPU cores and is deterministic given the seed (and the torch thread count).
+The model learns the *format*: most temperature-1.0 samples for a two-response prompt parse as
+valid scores. It is not a judge: which response it prefers is about chance (the toy GRM of
+``training/toy`` is the one that judges). The build with the defaults is committed
+(``training/models/tiny-grm``, 3.5 MB); rebuilding it takes a few minutes on two CPU cores and
+gives the same weights given the seed (and the torch thread count).
 
 Input: nothing (all data is generated in code; prompts are rendered with ``tribunal.jobs.grm.protocol`` and
 its built-in templates). Output: a directory loadable with
@@ -22,7 +24,7 @@ plus ``tribunal_model.json`` describing the build.
 
 Run::
 
-    python -m tribunal.training.tiny_model --output .tiny/grm --train-steps 300 --seed 0
+    python -m tribunal.training.tiny_model --output training/models/tiny-grm --train-steps 300 --seed 0
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
 import pathlib
 import random
@@ -41,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "COMMITTED",
     "MANIFEST_NAME",
     "SyntheticExample",
     "build_tiny_model",
@@ -50,6 +52,9 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "tribunal_model.json"
+# The committed build with the defaults (seed 0, 300 steps): what the tests and `make demo-tiny`
+# load. `python -m tribunal.training.tiny_model --output training/models/tiny-grm` rebuilds it.
+COMMITTED = pathlib.Path(__file__).resolve().parent / "models" / "tiny-grm"
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|im_end|>"  # generation stops at the end of the assistant turn
@@ -337,61 +342,46 @@ def _train_tokenizer(corpus: list[str], vocab_size: int, split_digits: bool = Fa
     return fast
 
 
-def _encode(tokenizer, ex: SyntheticExample) -> tuple[list[int], int]:
-    """(token ids, prompt length); the target is the completion plus <|im_end|>."""
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": ex.prompt}], tokenize=False, add_generation_prompt=True
-    )
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c_ids = tokenizer(ex.completion + EOS_TOKEN, add_special_tokens=False)["input_ids"]
-    return p_ids + c_ids, len(p_ids)
+def sft_rows(count: int, seed: int) -> list[dict]:
+    """The first ``count`` synthetic examples as SFT corpus rows (``schemas.arrow.SFT``): the
+    rendered prompt as the user turn, the three-line completion as the assistant turn."""
+    rows = []
+    for i, ex in enumerate(synthetic_examples(count, seed)):
+        prompt = [{"role": "user", "content": ex.prompt}]
+        completion = [{"role": "assistant", "content": ex.completion}]
+        rows.append({"id": f"tiny-{seed}-{i}", "sample_index": 0, "hinted": False, "permutation": list(range(ex.n)),
+                     "messages": prompt + completion, "prompt": prompt, "completion": completion})
+    return rows
 
 
-def _training_batches(tokenizer, seed: int, batch_size: int) -> Iterator[list[tuple[list[int], int]]]:
-    """Encoded batches, each from one template, so a batch shares its long prompt preamble."""
-    pending: dict[str, list[tuple[list[int], int]]] = {}
-    for ex in iter_synthetic_examples(seed):
-        bucket = pending.setdefault(ex.template, [])
-        bucket.append(_encode(tokenizer, ex))
-        if len(bucket) == batch_size:
-            yield bucket
-            pending[ex.template] = []
+def _train_with_the_trainer(base: pathlib.Path, work: pathlib.Path, *, seed: int, train_steps: int, batch_size: int,
+                            learning_rate: float, log_every: int, quiet: bool) -> dict:
+    """``tribunal train sft`` (one process, DeepSpeed ZeRO-0) for ``train_steps`` steps of
+    ``batch_size`` fresh synthetic examples; returns the run's summary with its last logged loss."""
+    import subprocess
 
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-def _shared_prefix_loss(model, batch: list[tuple[list[int], int]], pad_id: int):
-    """Mean completion-token cross-entropy, computing the batch's common prompt prefix once.
+    from tribunal.schemas import arrow
 
-    Every prompt starts with the same ~700-token template preamble; running it once at batch
-    size 1 and repeating its KV cache gives the same loss and gradients as the full batch
-    (checked against it) at about a third of the CPU time.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    first = batch[0][0]
-    shared = min(prompt_len for _, prompt_len in batch) - 1  # the suffix starts with a prompt token
-    for ids, _ in batch[1:]:
-        shared = next((i for i in range(shared) if ids[i] != first[i]), shared)
-    suffix_len = max(len(ids) for ids, _ in batch) - shared
-    input_ids = torch.full((len(batch), suffix_len), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), suffix_len), -100, dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(batch):  # right padding; loss on completion only
-        input_ids[row, : len(ids) - shared] = torch.tensor(ids[shared:])
-        labels[row, prompt_len - shared : len(ids) - shared] = torch.tensor(ids[prompt_len:])
-    cache = None
-    if shared > 0:
-        prefix = model(input_ids=torch.tensor([first[:shared]]), use_cache=True, logits_to_keep=1)
-        cache = prefix.past_key_values
-        cache.batch_repeat_interleave(len(batch))
-    positions = torch.arange(shared, shared + suffix_len).unsqueeze(0).expand(len(batch), -1)
-    # Right padding under a causal mask cannot reach the real tokens, so no attention mask is
-    # passed (a padding mask pushes SDPA off its fast path, ~3x slower on CPU).
-    logits = model(
-        input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=False
-    ).logits
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+    corpus = work / "corpus"
+    corpus.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(sft_rows(train_steps * batch_size, seed), schema=arrow.SFT),
+                   corpus / "part-00000.parquet", row_group_size=64)
+    run = work / "run"
+    cmd = [sys.executable, "-m", "tribunal.jobs.cli", "train", "sft", "--data", str(corpus), "--model", str(base),
+           "--output", str(run), "--nproc", "1", "--micro-batch", str(batch_size), "--max-steps", str(train_steps),
+           "--lr", str(learning_rate), "--warmup-steps", str(max(1, train_steps // 10)), "--lr-schedule", "cosine", "--seed", str(seed),
+           "--log-every", str(log_every), "--save-every", str(train_steps)]
+    proc = subprocess.run(cmd, capture_output=quiet, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"`tribunal train sft` failed (exit {proc.returncode})" + (f":\n{proc.stderr[-3000:]}" if quiet else ""))
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    losses = [json.loads(line)["loss"] for line in (run / "train_log.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    summary["final_loss"] = losses[-1] if losses else None
+    summary["export"] = str(run / "model")
+    return summary
 
 
 def build_tiny_model(
@@ -453,45 +443,29 @@ def build_tiny_model(
     model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())
 
-    final_loss = None
-    losses: list[float] = []
-    if train_steps > 0:
-        batches = _training_batches(tokenizer, seed, batch_size)
-        # foreach: one fused pass per step; the per-tensor loop is ~10x slower on a busy 2-core box.
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=learning_rate, weight_decay=0.0, foreach=True
-        )
-        warmup = max(1, train_steps // 10)
-
-        def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, train_steps - warmup)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-        model.train()
-        for step, batch in zip(range(train_steps), batches):
-            loss = _shared_prefix_loss(model, batch, tokenizer.pad_token_id)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if log is not None and ((step + 1) % log_every == 0 or step + 1 == train_steps):
-                recent = losses[-log_every:]
-                log(f"step {step + 1}/{train_steps} loss {sum(recent) / len(recent):.4f}")
-        final_loss = sum(losses[-10:]) / len(losses[-10:])
-    model.eval()
-
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    final_loss = None
+    if train_steps > 0:
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tribunal-tiny-") as tmp:
+            base = pathlib.Path(tmp) / "base"
+            model.save_pretrained(base, safe_serialization=True)
+            tokenizer.save_pretrained(base)
+            summary = _train_with_the_trainer(base, pathlib.Path(tmp), seed=seed, train_steps=train_steps, batch_size=batch_size,
+                                              learning_rate=learning_rate, log_every=log_every, quiet=log is None)
+            final_loss = summary["final_loss"]
+            for f in pathlib.Path(summary["export"]).iterdir():
+                if f.is_file():
+                    shutil.copy(f, out / f.name)
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
     _make_loadable_by_transformers_4(out)
     seconds = time.perf_counter() - t0
     manifest = {
@@ -508,7 +482,7 @@ def build_tiny_model(
         "num_parameters": n_params,
         "final_loss": final_loss,
         "seconds": round(seconds, 3),
-        "torch_threads": torch.get_num_threads(),
+        "trainer": "tribunal train sft (DeepSpeed ZeRO-0, one process)" if train_steps > 0 else None,
         "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                      "tokenizers": _version("tokenizers")},
     }

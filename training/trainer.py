@@ -59,6 +59,7 @@ class TrainConfig:
     max_steps: int | None = opt(None, "stop after this many optimizer steps in total (default: the epochs' steps)")
     lr: float = opt(1e-5, "peak learning rate (constant after warm-up)")
     warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimizer steps")
+    lr_schedule: str = opt("constant", "after the warm-up: constant, or cosine (down to 10%% of --lr at the last step)", choices=("constant", "cosine"))
     seed: int = opt(0, "seed of the data order and of model initialisation pieces")
     max_len: int = opt(2048, "tokens per example: SFT rows over it are filtered and counted; meta-RM inputs are cut from the left")
     bf16: bool = opt(False, "train in bfloat16 (DeepSpeed bf16 mode)")
@@ -206,7 +207,17 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
     total_steps = reader.steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    lr_at = lambda step: cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr  # noqa: E731
+    def lr_at(step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): a function of the step alone, so
+        a resumed run follows the same curve."""
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            import math
+
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
+            return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        return cfg.lr
 
     def save(epoch: int) -> None:
         client = {"consumed_samples": consumed, "epoch": epoch, "seed": cfg.seed, "corpus_hash": corpus.digest,
@@ -242,7 +253,7 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
         norm = torch.tensor([float(sum(p.norm for p in prepared))], dtype=torch.float64)
         dist.all_reduce(norm)
         norm_value = max(norm.item(), 1.0)
-        if cfg.warmup_steps:
+        if cfg.warmup_steps or cfg.lr_schedule != "constant":
             for group in engine.optimizer.param_groups:
                 group["lr"] = lr_at(engine.global_steps)
         step_loss = 0.0

@@ -248,8 +248,20 @@ def baseline(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("baseline")
     data = write_corpus(root / "sft", "sft")
     out = root / "run"
-    run_train("sft", data, tiny_model, out, "--epochs", "3", "--record-ids", "--deepspeed", str(CONFIGS / "zero2.json"))
+    run_train("sft", data, tiny_model, out, "--epochs", "3", "--record-ids", "--deepspeed", str(CONFIGS / "zero2.json"), *SCHEDULE)
     return data, out
+
+
+# The resume runs follow a warm-up and cosine decay: a resumed run must land on the same curve.
+SCHEDULE = ("--warmup-steps", "2", "--lr-schedule", "cosine")
+
+
+def test_the_learning_rate_warms_up_then_decays_to_a_tenth(baseline):
+    _, out = baseline
+    lrs = [r["lr"] for r in log_records(out)]
+    assert len(lrs) == 15
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] == pytest.approx(1e-4)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +273,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, tiny_model, baselin
 
     data, base = baseline
     out = tmp_path / "run"
-    cmd = train_cmd("sft", data, tiny_model, out, "--epochs", "3", "--record-ids", "--deepspeed", str(CONFIGS / "zero2.json"), "--save-every", str(save_every))
+    cmd = train_cmd("sft", data, tiny_model, out, "--epochs", "3", "--record-ids", "--deepspeed", str(CONFIGS / "zero2.json"), "--save-every", str(save_every), *SCHEDULE)
     _kill_when(cmd, out, kill_at)
     assert not (out / "train_summary.json").exists()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
@@ -301,7 +313,7 @@ def test_same_training_function_under_ray_train(ray_local, tmp_path, tiny_model,
     data, base = baseline
     out = tmp_path / "ray_run"
     cfg = TrainConfig(data=data, model=tiny_model, output=str(out), micro_batch=2, lr=1e-3, log_every=1, dist_timeout_s=60,
-                      epochs=3, record_ids=True, deepspeed=str(CONFIGS / "zero2.json"), nproc=2)
+                      epochs=3, record_ids=True, deepspeed=str(CONFIGS / "zero2.json"), nproc=2, warmup_steps=2, lr_schedule="cosine")
     summary = train_on_ray(cfg, "sft", cpus_per_worker=0.5)
     assert summary["world"] == 2 and summary["steps_per_rank"] == [15, 15]
     for rank in (0, 1):
