@@ -53,8 +53,13 @@ $(VBIN)/.installed: pyproject.toml
 
 setup-vllm: $(VBIN)/.installed
 
+# The vLLM tier's environment installs (mostly unpacking wheels) while the main suite runs;
+# its log is printed if it fails.
 test: setup
-	$(BIN)/python -m pytest
+	@$(MAKE) setup-vllm > .venv-vllm-install.log 2>&1 & install=$$!; \
+	$(BIN)/python -m pytest; rc=$$?; \
+	wait $$install || { cat .venv-vllm-install.log; echo "installing $(VVENV) failed (log above)"; exit 1; }; \
+	[ $$rc -eq 0 ] || exit $$rc; \
 	$(MAKE) test-vllm
 
 # The vLLM tier: the tests marked `vllm` (vLLM engine, parity with transformers, jobs on vLLM),

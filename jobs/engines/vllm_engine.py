@@ -118,9 +118,11 @@ class VLLMEngine:
             return await asyncio.gather(*coros, return_exceptions=True)
 
         results = asyncio.run_coroutine_threadsafe(_all(), self._loop).result()
+        # A dead engine is the cause whichever request saw it first (others may end aborted).
+        dead = next((r for r in results if isinstance(r, EngineDeadError)), None)
+        if dead is not None:
+            raise RuntimeError("the vLLM engine process died mid-batch (EngineDeadError); its log above has the cause") from dead
         for r in results:
-            if isinstance(r, EngineDeadError):
-                raise RuntimeError("the vLLM engine process died mid-batch (EngineDeadError); its log above has the cause") from r
             if isinstance(r, BaseException):
                 raise r
         return list(results)

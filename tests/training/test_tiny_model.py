@@ -18,9 +18,11 @@ TRAIN_STEPS = 3  # enough to run `tribunal train sft` end to end; format quality
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    a = build_tiny_model(tmp_path_factory.mktemp("tiny_a"), seed=3, train_steps=TRAIN_STEPS, log=None)
-    b = build_tiny_model(tmp_path_factory.mktemp("tiny_b"), seed=3, train_steps=TRAIN_STEPS, log=None)
-    return a, b
+    """One build through the trainer, and two of the untrained start (tokenizer + random init):
+    the trainer's own runs are bit-identical for the same seed (test_trainer's resume tests)."""
+    trained = build_tiny_model(tmp_path_factory.mktemp("tiny_a"), seed=3, train_steps=TRAIN_STEPS, log=None)
+    starts = [build_tiny_model(tmp_path_factory.mktemp(f"tiny_{x}"), seed=3, train_steps=0, log=None) for x in "bc"]
+    return trained, starts
 
 
 def test_importing_does_not_import_torch():
@@ -82,7 +84,7 @@ def test_loads_offline_and_generates(built):
 def test_same_seed_same_weights(built):
     from safetensors.torch import load_file
 
-    a, b = built
+    _, (a, b) = built
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     for name in wa:

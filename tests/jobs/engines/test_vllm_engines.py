@@ -172,8 +172,9 @@ def test_dead_engine_fails_the_batch_clearly(vllm_engine):
     assert vllm_engine.test_pids
     killer = threading.Timer(2.0, lambda: [os.kill(pid, signal.SIGKILL) for pid in vllm_engine.test_pids])
     killer.start()
-    # 512 requests x 2 samples keep even an idle machine busy for well over the 2 s before the kill
-    # (64 could finish first, and then nothing died mid-batch).
+    # 512 requests x 2 samples at temperature 2 (the tiny model writes its three lines and stops
+    # at temperature 1: the batch could end before the kill) keep even an idle machine busy for
+    # well over the 2 s before the kill.
     with pytest.raises(RuntimeError, match="vLLM engine process died mid-batch"):
-        vllm_engine.generate([GenerationRequest(prompt, 2, seed=i) for i in range(512)], SamplingConfig(max_tokens=4000))
+        vllm_engine.generate([GenerationRequest(prompt, 2, seed=i) for i in range(512)], SamplingConfig(temperature=2.0, max_tokens=4000))
     killer.join()
