@@ -48,12 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(command: str, args: argparse.Namespace) -> int:
     from tribunal.jobs.pipeline.config import load_config
 
+    global _output
+    _output = None  # nothing to tidy until this command names its output
     module, cls_name, _ = COMMANDS[command]
     mod = importlib.import_module(module)
     if cls_name is None:
         return int(mod.main(args.rest) or 0)
     cfg = load_config(getattr(mod, cls_name), args, getattr(args, "config", None))
-    global _output
     _output = getattr(cfg, "output", None) or None
     mod.run(cfg)
     return 0
@@ -167,6 +168,8 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+    ray = sys.modules.get("ray")
+    ours = ray is None or not ray.is_initialized()  # a caller's Ray (a notebook, a test) is left up
     try:
         return _run(args.command, args)
     except KeyboardInterrupt as e:
@@ -183,6 +186,8 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
         if debug:
             _print_traceback(raised)
         line, user_error = describe(raised)
+        if ours:  # Ray's forwarded worker logs (an actor's traceback, its "[repeated Nx]" digest)
+            _stop_ray()  # arrive asynchronously: stopped first, they cannot print after our line
         from tribunal.cluster.redact import scrub
 
         line = scrub(line)  # an error can quote a URL or a value that holds a credential
