@@ -321,3 +321,21 @@ class ShardedReader:
                     index = mine[m * self.micro_batch : (m + 1) * self.micro_batch]
                     yield MicroBatch(epoch, s, m, done, index, self._take(index))
             epoch, step = epoch + 1, 0
+
+
+def write_sft_corpus(rows: list[dict], out, *, job: str, rows_per_group: int = 256):
+    """A small SFT corpus built in memory (``rows`` in the ``SFT`` schema), written as a local
+    directory the way ``rft-filter`` writes one, ``part-00000.parquet`` and ``_manifest.json``, so
+    ``train sft`` reads it like any other; returns the directory."""
+    import pathlib
+
+    import pyarrow.parquet as pq
+
+    from tribunal.schemas import arrow
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=arrow.SFT)
+    pq.write_table(table, out / "part-00000.parquet", row_group_size=rows_per_group)
+    (out / "_manifest.json").write_text(json.dumps({"job": job, "rows": table.num_rows}, indent=2) + "\n")
+    return out

@@ -361,15 +361,9 @@ def _train_with_the_trainer(base: pathlib.Path, work: pathlib.Path, *, seed: int
     ``batch_size`` fresh synthetic examples; returns the run's summary with its last logged loss."""
     import subprocess
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from tribunal.training.data import write_sft_corpus
 
-    from tribunal.schemas import arrow
-
-    corpus = work / "corpus"
-    corpus.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(sft_rows(train_steps * batch_size, seed), schema=arrow.SFT),
-                   corpus / "part-00000.parquet", row_group_size=64)
+    corpus = write_sft_corpus(sft_rows(train_steps * batch_size, seed), work / "corpus", job="tiny-model", rows_per_group=64)
     run = work / "run"
     cmd = [sys.executable, "-m", "tribunal.jobs.cli", "train", "sft", "--data", str(corpus), "--model", str(base),
            "--output", str(run), "--nproc", "1", "--micro-batch", str(batch_size), "--max-steps", str(train_steps),

@@ -56,6 +56,13 @@ def test_loads_offline_and_generates(built):
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
     assert model.config.head_dim == 64
     assert model.config.max_position_embeddings >= 4096
+    # The trainer's export stores a tied output embedding once, and it loads tied.
+    from safetensors import safe_open
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert model.config.tie_word_embeddings and "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+    assert model.lm_head.weight is model.model.embed_tokens.weight
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token is not None
 
     messages = build_messages(

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tribunal.jobs.pipeline.config import add_arguments, opt
+from tribunal.training.data import write_sft_corpus
 from tribunal.training.toy import task
 
 RECIPES = ("toy-grm",)
@@ -66,6 +67,8 @@ class ToyRecipeConfig:
     vocab_size: int = opt(600, "tokenizer vocabulary")
     metarm_lr: float = opt(5e-4, "meta-RM learning rate")
     micro_batch: int = opt(32, "examples per micro-batch (one process)")
+    bf16: bool = opt(True, "train in bfloat16 (DeepSpeed bf16 mode, fp32 master weights): about 1.5x the examples/s of fp32 on a CPU with AVX512-BF16")
+    bucket_window: int = opt(8, "length bucketing of the training steps, in global batches (0: off); cuts padding, about 1.3x")
     temperature: float = opt(0.8, "sampling temperature of the rft step (the demo samples at the same)")
     max_tokens: int = opt(320, "generation budget per trajectory (the longest teacher trajectory is ~265 tokens)")
     engine: str = opt("transformers", "backend of the rft step (vllm: faster, needs vLLM; on CPU its CPU build)", choices=("transformers", "vllm"))
@@ -114,20 +117,6 @@ def build_base(out: Path, cfg: ToyRecipeConfig) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     tm._make_loadable_by_transformers_4(out)
-    return out
-
-
-def write_corpus(rows: list[dict], out: Path, rows_per_group: int = 256) -> Path:
-    """An SFT corpus directory as ``rft-filter`` writes one: ``part-*.parquet`` + ``_manifest.json``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from tribunal.schemas import arrow
-
-    out.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=arrow.SFT)
-    pq.write_table(table, out / "part-00000.parquet", row_group_size=rows_per_group)
-    (out / "_manifest.json").write_text(json.dumps({"job": "toy-teacher", "rows": table.num_rows}, indent=2) + "\n")
     return out
 
 
@@ -201,7 +190,8 @@ def run(cfg: ToyRecipeConfig, log=print) -> dict:
         log(f"[toy-grm] {name}: {timings[name]:.0f} s")
 
     base, rft_dir, metarm = out / "base", out / "rft", out / "metarm"
-    train_cpu = ["--nproc", "1", "--micro-batch", str(cfg.micro_batch), "--max-len", "512", "--log-every", "25", "--save-every", "200"]
+    train_cpu = ["--nproc", "1", "--micro-batch", str(cfg.micro_batch), "--max-len", "512", "--log-every", "25", "--save-every", "200",
+                 "--bf16" if cfg.bf16 else "--no-bf16", "--bucket-window", str(cfg.bucket_window)]
     if not (base / "config.json").exists():
         step("base", lambda: build_base(base, cfg))
     model = base
@@ -211,8 +201,8 @@ def run(cfg: ToyRecipeConfig, log=print) -> dict:
         teacher, sft = out / f"teacher{suffix}", out / f"sft{suffix}"
         if not (teacher / "_manifest.json").exists():
             rows = task.samples(count, seed=cfg.seed + 11 * i, split="train", single_share=cfg.single_share, prefix=f"teach{suffix}-")
-            step(f"teacher{suffix}", lambda rows=rows, teacher=teacher, i=i, style=style: write_corpus(
-                task.teacher_rows(rows, seed=cfg.seed + 11 * i, style=style), teacher))
+            step(f"teacher{suffix}", lambda rows=rows, teacher=teacher, i=i, style=style: write_sft_corpus(
+                task.teacher_rows(rows, seed=cfg.seed + 11 * i, style=style), teacher, job="toy-teacher"))
         if not _done(sft):
             step(f"sft{suffix}", lambda teacher=teacher, sft=sft, model=model, lr=lr: _tribunal(
                 ["train", "sft", "--data", str(teacher), "--model", str(model), "--output", str(sft), "--lr", str(lr),
