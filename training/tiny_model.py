@@ -14,9 +14,8 @@ follow the SPEC §2 three-line format::
 The model learns the *format*: most temperature-1.0 samples for a two-response prompt parse as
 valid scores. It is not a judge: which response it prefers is about chance (the toy GRM of
 ``training/toy`` is the one that judges). The build with the defaults is committed
-(``training/models/tiny-grm``, 4.9 MB: the trainer's export also stores the tied output
-embedding); rebuilding it takes a few minutes on two CPU cores and
-gives the same weights given the seed (and the torch thread count).
+(``training/models/tiny-grm``, 3.5 MB); rebuilding it takes a few minutes on two CPU cores
+and gives the same weights given the seed (and the torch thread count).
 
 Input: nothing (all data is generated in code; prompts are rendered with ``tribunal.jobs.grm.protocol`` and
 its built-in templates). Output: a directory loadable with
