@@ -290,7 +290,9 @@ class ParquetShardWriter:
     ``options`` go to ``pyarrow.parquet.ParquetWriter`` over ``PARQUET_OPTIONS``.
     """
 
-    def __init__(self, fs, path: str, schema, replace: bool = False, **options):
+    def __init__(self, fs, path: str, schema, replace: bool = False, *, external: bool = False, **options):
+        """``external=True``: the caller writes the whole file to ``temp_path`` itself (another
+        Parquet writer) and sets ``rows``; ``close()`` publishes it as usual."""
         import pyarrow.parquet as pq
 
         options = {**PARQUET_OPTIONS, **options}
@@ -311,7 +313,12 @@ class ParquetShardWriter:
 
             fd, self._tmp = tempfile.mkstemp(prefix="tribunal-", suffix=".parquet")
             os.close(fd)
-        self._writer = pq.ParquetWriter(self._tmp, schema, **options)
+        self._writer = None if external else pq.ParquetWriter(self._tmp, schema, **options)
+
+    @property
+    def temp_path(self) -> str:
+        """Where the bytes are written before they are published (a local path)."""
+        return self._tmp
 
     def write(self, table) -> None:
         if len(table):
@@ -322,7 +329,8 @@ class ParquetShardWriter:
         """Finish the file and commit it, or (``publish=False``, an empty file, ``publish_if()``
         False once the file is in place, or another writer's commit first) throw it away.
         Returns whether this copy is the committed one."""
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
         try:
             if not (publish and self.rows):
                 return False

@@ -32,6 +32,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -231,6 +232,8 @@ def _write_kept(src_fs, files: list[str], out, kept_ids: pl.Series, batch_rows: 
 
     with src_fs.open(files[0], "rb") as fh:
         schema = pq.ParquetFile(fh).schema_arrow
+    if storage.is_local(src_fs) and storage.is_local(out.fs) and _polars_writes_exactly(schema) and _POLARS_SINK_METADATA:
+        return _sink_kept(files, out, kept_ids, schema)
     writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, replace=True, write_statistics=False,
                                         use_dictionary=[n for n in DICTIONARY_COLUMNS if n.split(".")[0] in schema.names])
     wanted = kept_ids.implode()
@@ -275,6 +278,52 @@ def _write_kept(src_fs, files: list[str], out, kept_ids: pl.Series, batch_rows: 
     rows = writer.rows
     writer.close()
     return rows
+
+
+# Polars versions whose sink takes file metadata (the input's Arrow schema is stored through it).
+_POLARS_SINK_METADATA = "metadata" in inspect.signature(pl.LazyFrame.sink_parquet).parameters
+
+
+def _polars_writes_exactly(schema: pa.Schema) -> bool:
+    """Whether polars' Parquet writer stores columns of these Arrow types exactly as pyarrow reads
+    them back under the input's own schema: strings, numbers, booleans, and lists and structs of
+    them, all nullable (polars writes every column optional)."""
+
+    def ok(t: pa.DataType) -> bool:
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return t.value_field.nullable and ok(t.value_type)
+        if pa.types.is_struct(t):
+            return all(f.nullable and ok(f.type) for f in t)
+        return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+                or pa.types.is_boolean(t))
+
+    return all(f.nullable and ok(f.type) for f in schema)
+
+
+def _sink_kept(files: list[str], out, kept_ids: pl.Series, schema: pa.Schema) -> int:
+    """Local files: polars' streaming engine reads, filters and writes the kept rows in one plan,
+    decoding and encoding on every core (about 1.4x the pyarrow writer thread's speed). Polars
+    writes 64-bit string and list offsets; the Parquet bytes do not depend on them, and the
+    ``ARROW:schema`` metadata is the input's, so readers get the input's exact types back."""
+    import base64
+
+    import pyarrow.parquet as pq
+
+    from tribunal.cluster import storage
+
+    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, replace=True, external=True)
+    published = False
+    try:
+        keep = pl.col(c.PROMPT_ID).cast(pl.String).is_in(kept_ids.implode())
+        pl.scan_parquet(files).filter(keep).sink_parquet(
+            writer.temp_path, compression=storage.PARQUET_OPTIONS["compression"], compression_level=storage.PARQUET_OPTIONS["compression_level"],
+            statistics=False, maintain_order=True, metadata={"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()).decode()},
+        )
+        writer.rows = pq.ParquetFile(writer.temp_path).metadata.num_rows
+        published = True
+    finally:
+        writer.close(publish=published)
+    return writer.rows
 
 
 class _StateFile:

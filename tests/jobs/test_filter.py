@@ -153,3 +153,25 @@ def test_filter_cli_names_missing_column(tmp_path):
                        capture_output=True, text=True, timeout=120)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "'reward'" in lines[0] and "x.parquet" in lines[0]
+
+
+@pytest.mark.parametrize("extra", [None, "timestamp"])
+def test_kept_rows_are_the_input_rows_with_the_input_types(tmp_path, extra):
+    """Kept rollouts come back row for row, in input order, with the input's exact Arrow types:
+    written by polars' streaming sink for plain types (64-bit offsets in polars, the input's
+    schema stored), by the pyarrow writer for types polars would not round-trip (a timestamp)."""
+    import pyarrow.compute as pc
+
+    from tribunal.jobs import filter as flt
+
+    table = synthetic_rollouts(200, per_prompt=4, seed=2)
+    if extra:
+        table = table.append_column("seen_at", pa.array(range(table.num_rows), pa.int64()).cast(pa.timestamp("ms", tz="UTC")))
+    assert flt._polars_writes_exactly(table.schema) is (extra is None)
+    src = _write(tmp_path, table)
+    run(FilterConfig(input=str(src), output=str(tmp_path / "kept"), step_prompts=16, warmup_steps=1))
+    dec = pl.read_parquet(tmp_path / "kept" / "_prompts" / "*.parquet").filter(pl.col(c.KEPT))
+    want = table.filter(pc.is_in(table[c.PROMPT_ID], value_set=pa.array(dec[c.PROMPT_ID].to_list())))
+    kept = pq.read_table(tmp_path / "kept" / "part-00000.parquet")
+    assert 0 < kept.num_rows < table.num_rows
+    assert kept.schema == table.schema and kept.equals(want)

@@ -170,11 +170,11 @@ def test_dead_engine_fails_the_batch_clearly(vllm_engine):
 
     prompt = vllm_engine.render_chat([{"role": "user", "content": "Score these responses."}])
     assert vllm_engine.test_pids
-    killer = threading.Timer(2.0, lambda: [os.kill(pid, signal.SIGKILL) for pid in vllm_engine.test_pids])
+    killer = threading.Timer(0.5, lambda: [os.kill(pid, signal.SIGKILL) for pid in vllm_engine.test_pids])
     killer.start()
-    # 512 requests x 2 samples at temperature 2 (the tiny model writes its three lines and stops
-    # at temperature 1: the batch could end before the kill) keep even an idle machine busy for
-    # well over the 2 s before the kill.
+    # 1024 requests x 2 samples at temperature 2 take about 4 s on an idle 2-core machine (512 took
+    # 2 s, and once ended before a kill at 2 s: the trained tiny model stops early); the kill lands
+    # at 0.5 s, while they are being added or generated, both of which must fail the same way.
     with pytest.raises(RuntimeError, match="vLLM engine process died mid-batch"):
-        vllm_engine.generate([GenerationRequest(prompt, 2, seed=i) for i in range(512)], SamplingConfig(temperature=2.0, max_tokens=4000))
+        vllm_engine.generate([GenerationRequest(prompt, 2, seed=i) for i in range(1024)], SamplingConfig(temperature=2.0, max_tokens=4000))
     killer.join()
