@@ -153,9 +153,7 @@ def save_hf(module, state_dict, tokenizer, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     if state_dict is not None:  # a gathered copy shares no storage: drop tied parameters' second names
         first: dict[int, str] = {}
-        for name, param in module.named_parameters(remove_duplicate=False):
-            first.setdefault(id(param), name)
-        tied = {name for name, param in module.named_parameters(remove_duplicate=False) if first[id(param)] != name}
+        tied = {name for name, param in module.named_parameters(remove_duplicate=False) if first.setdefault(id(param), name) != name}
         state_dict = {k: v for k, v in state_dict.items() if k not in tied}
     module.save_pretrained(str(path), state_dict=state_dict)
     tokenizer.save_pretrained(str(path))
