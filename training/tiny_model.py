@@ -305,7 +305,7 @@ def synthetic_examples(count: int, seed: int) -> list[SyntheticExample]:
 # Building.
 
 
-def _train_tokenizer(corpus: list[str], vocab_size: int, split_digits: bool = False):
+def train_tokenizer(corpus: list[str], vocab_size: int, split_digits: bool = False):
     """Byte-level BPE (any text round-trips) wrapped as a PreTrainedTokenizerFast.
 
     ``split_digits``: every digit its own token (arithmetic is learnable digit by digit)."""
@@ -416,7 +416,7 @@ def build_tiny_model(
     corpus = _template_corpus() * 20 + [_COMMON_ENGLISH] * 3
     corpus += [ex.prompt for ex in corpus_examples[:40]]
     corpus += [ex.completion for ex in corpus_examples]
-    tokenizer = _train_tokenizer(corpus, vocab_size)
+    tokenizer = train_tokenizer(corpus, vocab_size)
 
     torch.manual_seed(seed)
     n_heads = hidden_size // head_dim
@@ -460,7 +460,7 @@ def build_tiny_model(
     else:
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-    _make_loadable_by_transformers_4(out)
+    make_loadable_by_transformers_4(out)
     seconds = time.perf_counter() - t0
     manifest = {
         "kind": "tribunal tiny GRM (synthetic, format-only)",
@@ -488,7 +488,7 @@ def build_tiny_model(
     return out
 
 
-def _make_loadable_by_transformers_4(out: pathlib.Path) -> None:
+def make_loadable_by_transformers_4(out: pathlib.Path) -> None:
     """Rewrite the two transformers-5-only spellings, so engines pinned to transformers 4.x
     (vLLM releases often are) load the same directory; transformers 5 reads both spellings."""
     tok_path = out / "tokenizer_config.json"

@@ -100,7 +100,7 @@ def build_base(out: Path, cfg: ToyRecipeConfig) -> Path:
     corpus_samples = task.samples(400, seed=cfg.seed + 1, split="train", single_share=0.3, prefix="tok-")
     corpus = [protocol.load_template(name).body for name in (task.TEMPLATE, task.TEMPLATE_SINGLE)] * 20
     corpus += [r["messages"][0]["content"] + r["messages"][1]["content"] for r in task.teacher_rows(corpus_samples, seed=cfg.seed + 1)]
-    tokenizer = tm._train_tokenizer(corpus, cfg.vocab_size, split_digits=True)
+    tokenizer = tm.train_tokenizer(corpus, cfg.vocab_size, split_digits=True)
     torch.manual_seed(cfg.seed)
     head_dim = 64
     heads = cfg.hidden_size // head_dim
@@ -117,7 +117,7 @@ def build_base(out: Path, cfg: ToyRecipeConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    tm._make_loadable_by_transformers_4(out)
+    tm.make_loadable_by_transformers_4(out)
     return out
 
 
@@ -174,7 +174,7 @@ def _export_bf16(src: Path, dst: Path, classifier: bool) -> None:
         shutil.copy(src / "generation_config.json", dst / "generation_config.json")
     from tribunal.training import tiny_model as tm
 
-    tm._make_loadable_by_transformers_4(dst)
+    tm.make_loadable_by_transformers_4(dst)
 
 
 def run(cfg: ToyRecipeConfig, log=print) -> dict:
