@@ -5,14 +5,14 @@ Generates ``--rows`` scored rollouts (8 per prompt, prompt text, response, refer
 each in its own subprocess so its peak RSS (``ru_maxrss``) is its own:
 
 (a) ``tribunal.jobs.filter.run`` over all rows (stats, steps of 256 prompts, the state persisted
-    after every step, decisions committed every 64 steps, kept rollouts written with every column);
+    after every step, decisions committed every 512 steps, kept rollouts written with every column);
 (b) plain Python over the same rows: ``to_pylist`` per shard, a dict of rewards per prompt,
     ``std_filter.filter_prompts`` (the library's own rule) in sorted prompt order, the kept rows
     written back per shard with pyarrow.
 
 With ``--baseline-rows N`` (whole shards, at least N rows) the plain-Python side and a second
 ``filter`` run take only the first N rows, for a quicker check; by default both sides run on all
-of them (plain Python takes about 80 s per 10M rows here).
+of them (plain Python takes about 130 s per 10M rows here).
 
 Prints rows/s, the speed ratio on the same data (goal >= 20x), peak RSS (goal < 2 GiB), and
 whether the job and plain Python keep the same prompts.
