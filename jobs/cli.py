@@ -71,9 +71,18 @@ def _on_sigterm(signum, frame):  # noqa: ARG001 - the signal handler's signature
     raise Terminated()
 
 
+def _quiet_threads(args) -> None:  # noqa: ARG001 - threading.excepthook's signature
+    """A background thread that dies while the driver stops (Ray Data's metadata prefetch calling
+    ``ray.wait`` after ``ray.shutdown``) prints nothing: its failure is the stop itself, and the
+    stop's one line must stay the last."""
+
+
 def _stop_ray() -> None:
     """Stop the Ray this process started or attached to, so its workers write nothing more once
     we have reported the interruption (an embedded Ray dies with it; a cluster keeps running)."""
+    import threading
+
+    threading.excepthook = _quiet_threads
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         try:
