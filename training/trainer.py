@@ -68,6 +68,7 @@ class TrainConfig:
     log_every: int = opt(10, "optimizer steps between log lines")
     save_every: int = opt(100, "optimizer steps between checkpoints (and one at the end)")
     holdout: float = opt(0.0, "meta-RM: fraction of rows held out for evaluation (accuracy, ROC-AUC, BCE)")
+    eval_every: int | None = opt(None, "meta-RM: optimizer steps between held-out evaluations, a multiple of --log-every (default: every log line; 0: only at the end)")
     pos_weight: float | None = opt(None, "meta-RM: BCE weight of positive labels (for unbalanced corpora)")
     record_ids: bool = opt(False, "write the example keys of every step to OUT/ids-rank<r>.jsonl (audit: which rows each rank trained on)")
     nproc: int = opt(2, "processes started by `tribunal train` on this machine (torchrun)")
@@ -78,6 +79,8 @@ class TrainConfig:
         check(bool(self.model), "model", "is required")
         check(bool(self.output), "output", "is required")
         check(self.bucket_window >= 0, "bucket_window", f"must be >= 0, got {self.bucket_window}")
+        check(self.eval_every is None or self.eval_every == 0 or (self.eval_every > 0 and self.eval_every % self.log_every == 0),
+              "eval_every", f"must be 0 or a positive multiple of --log-every ({self.log_every}), got {self.eval_every}")
         for key in ("micro_batch", "grad_accum", "epochs", "log_every", "save_every", "nproc", "shuffle_window", "max_len"):
             check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
@@ -226,6 +229,8 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
 
     ids_file = open(out / f"ids-rank{rank}.jsonl", "a", encoding="utf-8") if cfg.record_ids else None
     engine.train()
+    eval_every = cfg.log_every if cfg.eval_every is None else cfg.eval_every
+    last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest held-out evaluation
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "examples": 0, "t0": time.time()}
     epoch = reader.position(consumed)[0] if consumed < reader.samples_per_epoch * cfg.epochs else cfg.epochs
 
@@ -285,8 +290,9 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
                       "loss": window["loss"] / window["steps"], "lr": lr_at(step - 1),
                       "tokens_per_s": window["tokens"] / elapsed, "examples_per_s": window["examples"] / elapsed,
                       "tokens": window["tokens"], "examples": window["examples"], "seconds": elapsed}
-            if task.has_eval and reader.holdout_rows:
-                record.update(task.evaluate(reader, dtype))
+            if task.has_eval and reader.holdout_rows and (step == total_steps or (eval_every and step % eval_every == 0)):
+                last_eval = (step, task.evaluate(reader, dtype))
+                record.update(last_eval[1])
             log(record, f"step {step}/{total_steps} epoch {epoch} loss {record['loss']:.4f} lr {record['lr']:.2e} "
                         f"{record['tokens_per_s']:.0f} tok/s {record['examples_per_s']:.1f} ex/s")
             window = {"loss": 0.0, "steps": 0, "tokens": 0, "examples": 0, "t0": time.time()}
@@ -306,8 +312,8 @@ def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
         "counters": _sum_counters(counters), "zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
         "steps_per_rank": steps, "seconds": round(time.time() - started, 3), "config": to_dict(cfg),
     }
-    if task.has_eval and reader.holdout_rows:
-        summary["eval"] = task.evaluate(reader, dtype)
+    if task.has_eval and reader.holdout_rows:  # the last step's evaluation when the loop made it (same weights)
+        summary["eval"] = last_eval[1] if last_eval and last_eval[0] == engine.global_steps else task.evaluate(reader, dtype)
     task.export(out / EXPORT, rank)
     reader.close()
     if ids_file is not None:

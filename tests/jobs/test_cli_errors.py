@@ -80,3 +80,34 @@ def test_check_fits():
         check_fits(plan_pool("vllm", 1, None), "vllm", {"CPU": 2})
     with pytest.raises(TribunalError, match="asks for 4 CPU"):
         check_fits(plan_pool("transformers", 1, None, num_cpus_per_actor=4), "transformers", {"CPU": 2})
+
+
+def test_a_thread_that_dies_of_the_stop_prints_nothing_after_it():
+    """Ray Data's metadata prefetch thread calls ray.wait; when the driver stops (Ctrl-C, SIGTERM)
+    and shuts Ray down under it, its ValueError must not print after the stop's one line."""
+    script = "\n".join([
+        "import sys, threading, time",
+        "import ray",
+        "from tribunal.cluster.ray_cluster import connect",
+        "from tribunal.jobs import cli",
+        "connect(None, num_cpus=1)",
+        "ref = ray.put(1)",
+        "polling = threading.Event()",
+        "def poll():",
+        "    while True:",
+        "        ray.wait([ref], timeout=0.01)",
+        "        polling.set()",
+        "t = threading.Thread(target=poll, daemon=True)",
+        "t.start()",
+        "polling.wait()",
+        "cli._stop_ray()",
+        "t.join(timeout=10)",
+        "print('stopped', file=sys.stderr, flush=True)",
+        "print('thread alive' if t.is_alive() else 'thread ended')",
+    ])
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "thread ended"  # it did die of the shutdown...
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]  # ...silently
+    assert r.stderr.strip().splitlines()[-1] == "stopped"

@@ -1,5 +1,5 @@
-"""metarm-score on a real local Ray with a meta-RM trained by `tribunal train metarm` (torchrun, 2
-processes); then guided voting over its output, and `sample` with a trained SFT checkpoint."""
+"""metarm-score on a real local Ray with the toy meta-RM (trained by `tribunal train metarm`); then
+guided voting over its output, and `sample` with an SFT checkpoint `tribunal train sft` just wrote."""
 
 from __future__ import annotations
 
@@ -53,17 +53,15 @@ def train(task: str, rows_fn, schema, tmp: Path, tiny_model: str, *flags: str) -
 
 
 @pytest.fixture(scope="module")
-def meta_rm(tmp_path_factory, tiny_model) -> str:
-    from tribunal.jobs.grm import render_frame as rf
-    import polars as pl
+def meta_rm() -> str:
+    """The committed toy meta-RM: a classifier trained by `tribunal train metarm` in the toy recipe
+    (training a meta-RM under each ZeRO stage, and loading it back, is tests/training's)."""
+    from tribunal.training.toy import recipe
 
-    def corpus():
-        t = pl.from_arrow(pa.Table.from_pylist(trajectories(6, 2), schema=arrow.TRAJECTORY))
-        keep = [pl.col(c.ID), pl.col(c.SAMPLE_INDEX), pl.col(c.HINTED), pl.col(c.CORRECT).cast(pl.Int8).alias(c.LABEL)]
-        return rf.metarm_chats(t, keep).table(arrow.METARM).to_pylist()
-
-    return str(train("metarm", corpus, arrow.METARM, tmp_path_factory.mktemp("metarm"), tiny_model, "--deepspeed",
-                     str(Path(__file__).resolve().parents[2] / "training" / "configs" / "zero3.json")))
+    path = recipe.COMMITTED / "toy-metarm"
+    if not (path / "config.json").is_file():
+        pytest.skip("the toy models are not committed")
+    return str(path)
 
 
 def write_traj(d: Path, rows: list[dict], per_file: int) -> Path:
@@ -84,7 +82,8 @@ def test_metarm_score_scores_resumes_and_guides_the_vote(ray_local, meta_rm, tin
     bad = dict(rows[0], **{c.ID: "broken", c.PERMUTATION: [0, 0]})
     src = write_traj(tmp_path / "traj", rows + [bad], per_file=6)
     out = tmp_path / "scored"
-    cfg = metarm_score.MetaRmScoreConfig(input=str(src), output=str(out), model=meta_rm, batch_size=4, num_cpus_per_actor=0.5)
+    cfg = metarm_score.MetaRmScoreConfig(input=str(src), output=str(out), model=meta_rm, batch_size=4, num_cpus_per_actor=0.5,
+                                         dtype="float32")  # the bfloat16 export, computed in float32 as below
     m = metarm_score.run(cfg)
     counts = m["counts"]
     assert counts["rows_in"] == 21 and counts["rows_out"] == 20 and counts["quarantine_reasons"] == {"bad_permutation": 1}

@@ -183,7 +183,7 @@ def test_metarm_bf16_under_the_deepspeed_launcher(tmp_path, tiny_model):
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(port),
            "--module", "tribunal.training.trainer", "metarm", "--data", data, "--model", tiny_model, "--output", str(out),
            "--micro-batch", "2", "--lr", "2e-4", "--log-every", "1", "--dist-timeout-s", "60",
-           "--deepspeed", str(CONFIGS / "zero2.json"), "--bf16", "--epochs", "2", "--holdout", "0.25", "--max-len", "48"]
+           "--deepspeed", str(CONFIGS / "zero2.json"), "--bf16", "--epochs", "2", "--holdout", "0.25", "--max-len", "48", "--eval-every", "4"]
     # the launcher's rank processes outlive it if it is killed: a timeout kills the whole group
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
     try:
@@ -198,6 +198,11 @@ def test_metarm_bf16_under_the_deepspeed_launcher(tmp_path, tiny_model):
     assert summary["steps"] == 10 and summary["steps_per_rank"] == [10, 10]
     ev = summary["eval"]
     assert ev["eval_rows"] == 6 and 0 < ev["eval_bce"] < 5 and ev["eval_roc_auc"] is not None
+    # held out every 4 steps and at the last; the summary's is the last step's, not evaluated again
+    records = [r for r in log_records(out) if r.get("event") == "train"]
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert [r["step"] for r in records if "eval_bce" in r] == [4, 8, 10]
+    assert {k: records[-1][k] for k in ev} == ev
     losses = [rec["loss"] for rec in log_records(out)]
     assert len(losses) == 10 and all(0 < x < 5 for x in losses)
     config = json.loads((out / "model" / "config.json").read_text())
@@ -343,3 +348,14 @@ def test_coverage_each_id_once_per_epoch_but_the_logged_remainder(baseline):
                 for k in json.loads(line)["keys"] if json.loads(line)["epoch"] == epoch]
         assert len(seen) == 20 and len(dropped[epoch]) == 1
         assert Counter(seen + dropped[epoch]) == Counter(every)
+
+
+def test_eval_every_is_0_or_a_multiple_of_log_every():
+    from tribunal.training.trainer import TrainConfig
+
+    base = {"data": "d", "model": "m", "output": "o", "log_every": 10}
+    for ok in (None, 0, 10, 30):
+        TrainConfig(**base, eval_every=ok)
+    for bad in (5, 15, -10):
+        with pytest.raises(ValueError, match="eval_every"):
+            TrainConfig(**base, eval_every=bad)

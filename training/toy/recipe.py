@@ -223,7 +223,7 @@ def run(cfg: ToyRecipeConfig, log=print) -> dict:
     if not _done(metarm):
         step("metarm", lambda: _tribunal(["train", "metarm", "--data", str(rft_dir / "metarm"), "--model", str(grm),
                                           "--output", str(metarm), "--lr", str(cfg.metarm_lr), "--warmup-steps", "10",
-                                          "--holdout", "0.1", "--seed", str(cfg.seed), *train_cpu], log))
+                                          "--holdout", "0.1", "--eval-every", "100", "--seed", str(cfg.seed), *train_cpu], log))
     report = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "timings_s": timings}
     for d in sorted(out.glob("sft*")) + [metarm]:
         summary = d / "train_summary.json"
