@@ -83,31 +83,27 @@ def test_check_fits():
 
 
 def test_a_thread_that_dies_of_the_stop_prints_nothing_after_it():
-    """Ray Data's metadata prefetch thread calls ray.wait; when the driver stops (Ctrl-C, SIGTERM)
-    and shuts Ray down under it, its ValueError must not print after the stop's one line."""
+    """Ray Data's metadata prefetch thread calls ray.wait in a loop; when the driver stops (Ctrl-C,
+    SIGTERM) and shuts Ray down under it, it dies with "ValueError: ... Ray object whose owner is
+    unknown", which must not print after the stop's one line. (With a real Ray this needs a thread
+    inside ray.wait at the shutdown, a race: here the thread fails on a flag the stop sets.)"""
     script = "\n".join([
-        "import sys, threading, time",
-        "import ray",
-        "from tribunal.cluster.ray_cluster import connect",
+        "import sys, threading",
         "from tribunal.jobs import cli",
-        "connect(None, num_cpus=1)",
-        "ref = ray.put(1)",
-        "polling = threading.Event()",
+        "stopped, failed = threading.Event(), threading.Event()",
         "def poll():",
-        "    while True:",
-        "        ray.wait([ref], timeout=0.01)",
-        "        polling.set()",
+        "    stopped.wait()",
+        "    failed.set()",
+        "    raise ValueError('An application is trying to access a Ray object whose owner is unknown')",
         "t = threading.Thread(target=poll, daemon=True)",
         "t.start()",
-        "polling.wait()",
         "cli._stop_ray()",
+        "stopped.set()",
         "t.join(timeout=10)",
         "print('stopped', file=sys.stderr, flush=True)",
-        "print('thread alive' if t.is_alive() else 'thread ended')",
+        "print('thread failed' if failed.is_set() and not t.is_alive() else 'thread did not fail')",
     ])
-    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == "thread ended"  # it did die of the shutdown...
-    assert "Traceback" not in r.stderr, r.stderr[-2000:]  # ...silently
-    assert r.stderr.strip().splitlines()[-1] == "stopped"
+    assert r.stdout.strip() == "thread failed"  # it did die...
+    assert r.stderr.strip() == "stopped", r.stderr[-2000:]  # ...and printed nothing

@@ -230,7 +230,7 @@ def test_score_sigkill_resume(tiny_model, tmp_path):
     from conftest import ROOT
     from test_sample_job import run_then_kill
 
-    n = 150
+    n = 60
     pq.write_table(pa.Table.from_pylist(many_rollouts(n)), tmp_path / "r.parquet")
     out = tmp_path / "scored"
     cmd = [sys.executable, "-m", "tribunal.jobs.score", "--input", str(tmp_path / "r.parquet"), "--output", str(out), "--mode", "prob",
