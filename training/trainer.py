@@ -79,10 +79,10 @@ class TrainConfig:
         check(bool(self.model), "model", "is required")
         check(bool(self.output), "output", "is required")
         check(self.bucket_window >= 0, "bucket_window", f"must be >= 0, got {self.bucket_window}")
-        check(self.eval_every is None or self.eval_every == 0 or (self.eval_every > 0 and self.eval_every % self.log_every == 0),
-              "eval_every", f"must be 0 or a positive multiple of --log-every ({self.log_every}), got {self.eval_every}")
         for key in ("micro_batch", "grad_accum", "epochs", "log_every", "save_every", "nproc", "shuffle_window", "max_len"):
             check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        check(self.eval_every is None or self.eval_every == 0 or (self.eval_every > 0 and self.eval_every % self.log_every == 0),
+              "eval_every", f"must be 0 or a positive multiple of --log-every ({self.log_every}), got {self.eval_every}")
         check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
         check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         check(0.0 <= self.holdout < 1.0, "holdout", f"must be in [0, 1), got {self.holdout}")

@@ -199,11 +199,11 @@ def test_metarm_bf16_under_the_deepspeed_launcher(tmp_path, tiny_model):
     ev = summary["eval"]
     assert ev["eval_rows"] == 6 and 0 < ev["eval_bce"] < 5 and ev["eval_roc_auc"] is not None
     # held out every 4 steps and at the last; the summary's is the last step's, not evaluated again
-    records = [r for r in log_records(out) if r.get("event") == "train"]
+    records = log_records(out)
     assert [r["step"] for r in records] == list(range(1, 11))
     assert [r["step"] for r in records if "eval_bce" in r] == [4, 8, 10]
     assert {k: records[-1][k] for k in ev} == ev
-    losses = [rec["loss"] for rec in log_records(out)]
+    losses = [rec["loss"] for rec in records]
     assert len(losses) == 10 and all(0 < x < 5 for x in losses)
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification" and config["architectures"][0].endswith("ForSequenceClassification")
@@ -359,3 +359,5 @@ def test_eval_every_is_0_or_a_multiple_of_log_every():
     for bad in (5, 15, -10):
         with pytest.raises(ValueError, match="eval_every"):
             TrainConfig(**base, eval_every=bad)
+    with pytest.raises(ValueError, match="log_every"):  # checked first, so eval_every's test never divides by 0
+        TrainConfig(**{**base, "log_every": 0}, eval_every=10)
