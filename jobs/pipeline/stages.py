@@ -27,8 +27,15 @@ class StagePlan:
     op: str = "map_batches"  # the Dataset method that applies it
 
     def apply(self, ds):
+        import warnings
+
         method = getattr(ds, self.op)
-        return method(self.fn, **self.kwargs) if self.fn is not None else method(**self.kwargs)
+        with warnings.catch_warnings():
+            # The engine pools' fault policy (cluster/pools.py: max_restarts, max_task_retries) has
+            # no named map_batches parameter in Ray 2.60, only the **ray_remote_args it deprecates
+            # (to go in Ray 2.64): kept, and the warning, which users cannot act on, not printed.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            return method(self.fn, **self.kwargs) if self.fn is not None else method(**self.kwargs)
 
     @property
     def num_gpus(self) -> float:
