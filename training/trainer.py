@@ -132,12 +132,29 @@ class Logger:
             print(f"[train {self.job}] {line}", file=sys.stderr, flush=True)
 
 
+def _skip_inference_comm_op() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op when its communication
+    backend starts (g++ and ninja; 40-160 s the first time on a machine, a cached load after). The op
+    serves only ``inference_all_reduce`` (tensor-parallel inference), which training never calls:
+    marked incompatible, DeepSpeed does not build it and training runs on gloo as before."""
+    try:
+        import deepspeed.ops
+        from deepspeed.accelerator import get_accelerator
+
+        accelerator = get_accelerator()
+        if accelerator.device_name() == "cpu":
+            deepspeed.ops.__compatible_ops__[accelerator.get_op_builder("ShareMemCommBuilder").NAME] = False
+    except Exception:  # noqa: BLE001 - another DeepSpeed layout: it builds the op, as it always did
+        pass
+
+
 def _init_distributed(cfg: TrainConfig):
     import datetime
 
     import deepspeed
     import torch.distributed as dist
 
+    _skip_inference_comm_op()  # before the backend starts (here, or inside deepspeed.initialize)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo", timeout=datetime.timedelta(seconds=cfg.dist_timeout_s))
     return dist.get_rank(), dist.get_world_size()

@@ -185,13 +185,18 @@ def test_metarm_bf16_under_the_deepspeed_launcher(tmp_path, tiny_model):
            "--micro-batch", "2", "--lr", "2e-4", "--log-every", "1", "--dist-timeout-s", "60",
            "--deepspeed", str(CONFIGS / "zero2.json"), "--bf16", "--epochs", "2", "--holdout", "0.25", "--max-len", "48", "--eval-every", "4"]
     # the launcher's rank processes outlive it if it is killed: a timeout kills the whole group
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    # An empty extensions directory: training must not JIT-build DeepSpeed's shared-memory
+    # inference op (g++ and ninja, 40-160 s on a fresh machine; it serves inference only).
+    extensions = tmp_path / "torch_extensions"
+    env = {**ENV, "TORCH_EXTENSIONS_DIR": str(extensions)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:
         log, _ = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
     assert proc.returncode == 0, log[-4000:]
+    assert not (extensions / "deepspeed_shm_comm").exists() and "shm_comm" not in log, log[-4000:]
     summary = json.loads((out / "train_summary.json").read_text())
     # 26 rows, 6 held out: 20 trained, global batch 4 -> 5 steps per epoch on both ranks
     assert summary["world"] == 2 and summary["bf16"] is True and summary["zero_stage"] == 2
