@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         vout = OutputDir(str(work / "vtraj"))
         vout.prepare_run({"bench": 2})
         t0 = time.perf_counter()
-        wv = write_committed(vout, batches(a.vote_rows, a.k, a.batch_samples, 0, a.seed + 1), None)
+        write_committed(vout, batches(a.vote_rows, a.k, a.batch_samples, 0, a.seed + 1), None)
         gen_s = time.perf_counter() - t0
         small = layout(vout)
         print(f"\n2. {small['rows']:,} trajectories written as {small['files']:,} committed batch files ({mib(small['mean_bytes'])} each) in {gen_s:.0f} s")

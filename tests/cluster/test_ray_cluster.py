@@ -6,7 +6,6 @@ drivers in child processes with that temp dir (so a plain ``ray.init()`` would f
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -7,7 +7,6 @@ import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from tribunal.jobs.export import EXPORT_SCHEMAS, ExportConfig, run
 from tribunal.schemas import arrow

@@ -3,7 +3,6 @@ guided voting over its output, and `sample` with an SFT checkpoint `tribunal tra
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -100,7 +100,7 @@ def test_score_prob_end_to_end_and_cross_check(tiny_model, ray_local, tmp_path):
     again = {(r[c.PROMPT_ID], r[c.ROLLOUT_INDEX]): r[c.REWARD] for r in pq.read_table(out).to_pylist()}
     assert again == {(r[c.PROMPT_ID], r[c.ROLLOUT_INDEX]): r[c.REWARD] for r in scored}
     # the format mix
-    mixed = run(ScoreConfig(**{**cfg.__dict__, "output": str(tmp_path / "mixed"), "format_weight": 0.1}))
+    assert run(ScoreConfig(**{**cfg.__dict__, "output": str(tmp_path / "mixed"), "format_weight": 0.1}))["counts"]["reconciled"]
     mix = {(r[c.PROMPT_ID], r[c.ROLLOUT_INDEX]): r[c.REWARD] for r in pq.read_table(tmp_path / "mixed").to_pylist()}
     for r in scored:
         want = 0.0 if r[c.REWARD_REASON] else 0.9 * r[c.REWARD] + 0.1
