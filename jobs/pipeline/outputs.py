@@ -5,7 +5,8 @@ Layout of a job's output directory ``OUT``::
     OUT/part-<shard>.<attempt>.parquet  the rows (schema given to the writer, never inferred)
     OUT/_commits/part-<shard>.json      the commit record naming each committed file
     OUT/_quarantine/...                 rejected input rows with a reason (arrow.QUARANTINE), same layout
-    OUT/_run.json                       the settings that fix the results (checked on resume)
+    OUT/_run.json                       the kind of output and the settings that fix the results (checked on resume)
+    OUT/_lease.json                     the live run writing OUT (host, pid, heartbeat); gone when it ends
     OUT/_manifest.json                  written last: config, versions, counts, timings, storage
 
 Both JSON records go through ``tribunal.cluster.redact``: values under secret-named keys are
@@ -37,6 +38,14 @@ from tribunal.schemas.errors import TribunalError
 RUN_FILE = "_run.json"
 MANIFEST = "_manifest.json"
 QUARANTINE = "_quarantine"
+LEASE = "_lease.json"
+LEASE_BEAT_S = 10.0  # a live run rewrites its lease this often ...
+LEASE_STALE_S = 45.0  # ... and one not rewritten for this long is a dead run's (another host's)
+# Settings whose values are paths: recorded and compared resolved, so `samples.parquet` and
+# `/home/me/samples.parquet` are the same run.
+PATH_SETTINGS = ("input", "model", "samples", "meta_rm", "state")
+# The names by which a directory is recognisably tribunal's own output (what --overwrite may delete).
+OWN_NAMES = (RUN_FILE, MANIFEST, storage.COMMITS, LEASE)
 
 
 def package_versions() -> dict[str, str]:
@@ -59,6 +68,26 @@ def run_info() -> dict[str, Any]:
         "host": platform.node(),
         "environment": redact.environment(),
     }
+
+
+def canonical(uri: str) -> str:
+    """A path as one string per place: local paths absolute with links resolved, remote ones
+    with their scheme (``s3://bucket/key``, no trailing slash)."""
+    import os
+
+    if "://" not in uri:
+        return os.path.realpath(os.path.abspath(os.path.expanduser(uri)))
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme.lower().replace('s3a', 's3')}://{rest.strip('/')}"
+
+
+def _inside(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def canonical_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the path-valued ones (``PATH_SETTINGS``) resolved (``canonical``)."""
+    return {k: canonical(v) if k in PATH_SETTINGS and isinstance(v, str) and v else v for k, v in settings.items()}
 
 
 @dataclass(frozen=True)
@@ -143,41 +172,161 @@ class OutputDir:
             return pl.read_parquet(files, columns=columns)
         return pl.from_arrow(self.read(files, columns))
 
-    def prepare(self, settings: dict[str, Any], overwrite: bool = False) -> pa.Array:
+    def prepare(self, settings: dict[str, Any], overwrite: bool = False, *, kind: str | None = None,
+                inputs: tuple[str, ...] | list[str] = ()) -> pa.Array:
         """Make the directory ready for a (re)run (``prepare_run``); return the ids already done."""
-        self.prepare_run(settings, overwrite)
+        self.prepare_run(settings, overwrite, kind=kind, inputs=inputs)
         return self.done_ids()
 
-    def prepare_run(self, settings: dict[str, Any], overwrite: bool = False) -> None:
-        """Make the directory ready for a (re)run: check, clean temporaries, write a new run token.
+    def prepare_run(self, settings: dict[str, Any], overwrite: bool = False, *, kind: str | None = None,
+                    inputs: tuple[str, ...] | list[str] = ()) -> None:
+        """Make the directory ready for a (re)run: check, clean temporaries, take the lease,
+        write a new run token.
 
-        ``settings`` are the options that fix the results. A directory holding a run with other
-        settings is refused (mixing them would corrupt the output) unless ``overwrite``. Outputs
-        keyed otherwise than by ``id`` (rollouts) call this and read their own keys back.
+        ``kind`` names what the directory holds (``trajectory``, ``vote`` ...); ``settings`` are
+        the options that fix the results, compared with path values resolved. Refused with one
+        line, before anything is written: an output that is a file, is an input or lies inside
+        one; a directory that is not empty and not recognisably tribunal's; one holding another
+        kind of output, or a run with other settings (unless ``overwrite``, which then deletes
+        it: only ever a tribunal output of the same kind that holds no input); one a live run
+        is writing (its lease).
         """
         run_path = storage.join(self.path, RUN_FILE)
-        settings = redact.redact(settings)  # as recorded, so that a re-run compares like with like
-        if overwrite and self.fs.exists(self.path):
+        settings = redact.redact(canonical_settings(settings))  # as recorded: a re-run compares like with like
+        self.check_not_input(inputs)
+        previous = self._existing(kind)
+        self._check_lease()
+        if overwrite and previous is not None:
+            for uri in inputs:
+                if _inside(canonical(uri), canonical(self.display())):
+                    raise TribunalError(f"--overwrite would delete {self.display()}, which holds the input {uri}: use another --output")
             self.fs.rm(self.path, recursive=True)
-        if self.fs.exists(run_path):
-            with self.fs.open(run_path, "r") as f:
-                previous = json.load(f).get("settings", {})
-            for key in sorted(set(previous) | set(settings)):
-                if previous.get(key) != settings.get(key):
+            self.fs.invalidate_cache(self.path)
+            previous = None
+        if previous is not None:
+            before = canonical_settings(previous.get("settings", {}))
+            for key in sorted(set(before) | set(settings)):
+                if before.get(key) != settings.get(key):
                     raise TribunalError(
-                        f"{self.display()} holds a run with {key}={previous.get(key)!r}, this one has "
-                        f"{key}={settings.get(key)!r}: use another --output, or --overwrite"
+                        f"{self.display()} holds a run with {key}={before.get(key)!r}, this one has "
+                        f"{key}={settings.get(key)!r}: use another --output, or --overwrite to replace it"
                     )
-        elif self.parts():
-            raise TribunalError(f"{self.display()} has part files but no {RUN_FILE}: not a tribunal output; use another --output")
+        self.fs.makedirs(self.path, exist_ok=True)
+        self._take_lease()
         self.run = RunToken(self.fs, run_path, uuid.uuid4().hex)
-        storage.write_text_atomic(self.fs, run_path, json.dumps({"settings": settings, "run_id": self.run.run_id}, indent=2, sort_keys=True))
+        record = {"kind": kind, "settings": settings, "run_id": self.run.run_id} if kind else {"settings": settings, "run_id": self.run.run_id}
+        storage.write_text_atomic(self.fs, run_path, json.dumps(record, indent=2, sort_keys=True))
         # After the new token: a worker of a killed run can no longer commit. What no live commit
         # record names (attempts that never committed, files a merge replaced) goes now.
         for directory in (self.path, self.quarantine):
             if not storage.has_commit_layout(self.fs, directory):
                 self._adopt_legacy(directory)
             storage.remove_garbage(self.fs, directory)
+
+    def check_not_input(self, inputs) -> None:
+        """Refuse an output that is one of the inputs or lies inside one (writing there would mix
+        our files into the user's data, and --overwrite would delete it)."""
+        mine = canonical(self.display())
+        for uri in inputs:
+            theirs = canonical(uri)
+            if _inside(mine, theirs):
+                what = "is the input" if mine == theirs else f"is inside the input {uri}"
+                raise TribunalError(f"--output {self.display()} {what}: use another --output")
+
+    def _existing(self, kind: str | None) -> dict | None:
+        """The run record of what is at the output path (None: nothing, or an empty directory);
+        one line for what must not be touched: a file, a foreign directory, another kind."""
+        self.fs.invalidate_cache(self.path)
+        if not self.fs.exists(self.path):
+            return None
+        if not self.fs.isdir(self.path):
+            raise TribunalError(f"--output {self.display()} is a file, not a directory: use another --output")
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.path, detail=False)}
+        run_path = storage.join(self.path, RUN_FILE)
+        if RUN_FILE in names:
+            with self.fs.open(run_path, "r") as f:
+                record = json.load(f)
+            if kind and record.get("kind") not in (None, kind):
+                raise TribunalError(
+                    f"--output {self.display()} holds a tribunal {record['kind']} output, this job writes {kind}: use another --output"
+                )
+            return record
+        if self.parts():
+            raise TribunalError(f"{self.display()} has part files but no {RUN_FILE}: not a tribunal output; use another --output")
+        foreign = sorted(n for n in names if n not in OWN_NAMES and n != QUARANTINE and not n.startswith(".tmp-"))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise TribunalError(
+                f"--output {self.display()} is a directory that tribunal did not write (it holds {shown}): "
+                "use another --output (tribunal never deletes or writes into a directory of yours)"
+            )
+        return None
+
+    # ---------------------------------------------------------- the lease: one live run per output
+    def _lease_path(self) -> str:
+        return storage.join(self.path, LEASE)
+
+    def _check_lease(self) -> None:
+        import os
+
+        lease = self._read_lease()
+        if lease is None:
+            return
+        host, pid = lease.get("host"), lease.get("pid")
+        if host == platform.node():
+            if pid == os.getpid() or not _pid_alive(pid):
+                return  # this process's own earlier run, or a run that died
+        elif time.time() - float(lease.get("beat", 0)) > LEASE_STALE_S:
+            return  # another host's run that stopped beating
+        since = time.strftime("%H:%M:%S", time.localtime(float(lease.get("started", 0))))
+        raise TribunalError(
+            f"--output {self.display()} is being written by another run (host {host}, pid {pid}, since {since}): "
+            "wait for it to finish, or use another --output"
+        )
+
+    def _read_lease(self) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(self._lease_path()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _take_lease(self) -> None:
+        """Hold the output for this run: a lease naming this process, rewritten every
+        ``LEASE_BEAT_S`` by a daemon thread until ``release`` (or until a later run takes it)."""
+        import os
+        import threading
+
+        lease = {"host": platform.node(), "pid": os.getpid(), "id": uuid.uuid4().hex, "started": time.time(), "beat": time.time()}
+        storage.write_text_atomic(self.fs, self._lease_path(), json.dumps(lease))
+        self._lease_id = lease["id"]
+        self._lease_stop = stop = threading.Event()
+        fs, path = self.fs, self._lease_path()
+
+        def beat() -> None:
+            while not stop.wait(LEASE_BEAT_S):
+                try:
+                    current = json.loads(fs.cat_file(path))
+                    if current.get("id") != lease["id"]:
+                        return  # a later run of this process took over
+                    storage.write_text_atomic(fs, path, json.dumps({**lease, "beat": time.time()}))
+                except Exception:  # noqa: BLE001 - a missed beat; the next one tries again
+                    pass
+
+        threading.Thread(target=beat, name="tribunal-lease", daemon=True).start()
+
+    def release(self) -> None:
+        """End this run's hold on the output (the lease goes)."""
+        stop = getattr(self, "_lease_stop", None)
+        if stop is None:
+            return
+        stop.set()
+        self._lease_stop = None
+        lease = self._read_lease()
+        if lease is not None and lease.get("id") == self._lease_id:
+            try:
+                self.fs.rm(self._lease_path())
+            except FileNotFoundError:
+                pass
 
     def _adopt_legacy(self, directory: str) -> None:
         """An output written before commit records: each of its part files gets a record (they
@@ -208,9 +357,10 @@ class OutputDir:
             out[r] = out.get(r, 0) + 1
         return dict(sorted(out.items()))
 
-    def write_manifest(self, manifest: dict[str, Any]) -> str:
-        """Write the manifest (redacted, plus this run's allowlisted facts) and return its path."""
-        path = storage.join(self.path, MANIFEST)
+    def write_manifest(self, manifest: dict[str, Any], path: str | None = None) -> str:
+        """Write the manifest (redacted, plus this run's allowlisted facts) to ``path`` (default
+        ``OUT/_manifest.json``) and return its path as the user would write it."""
+        path = path or storage.join(self.path, MANIFEST)
         manifest = {**manifest, "storage": storage.storage_settings(self.fs), "run": run_info()}
         text = json.dumps(manifest, indent=2, sort_keys=False, default=str)
         safe = redact.redact(json.loads(text))  # default=str first: every value is JSON now
@@ -219,6 +369,24 @@ class OutputDir:
 
     def display(self, path: str | None = None) -> str:
         return storage.display(self.fs, path or self.path)
+
+
+def _pid_alive(pid) -> bool:
+    import os
+
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process its parent has not reaped yet (a zombie) runs nothing
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 class Roller:
