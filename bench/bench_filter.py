@@ -63,7 +63,7 @@ def child_job(data: str, out: str) -> dict:
 
     from tribunal.cluster import storage  # noqa: F401
     from tribunal.jobs.filter import FilterConfig, run
-    from tribunal.jobs.pipeline import outputs, progress  # noqa: F401
+    from tribunal.jobs.pipeline import files, journal, outputs, progress, report  # noqa: F401
 
     t0 = time.perf_counter()
     m = run(FilterConfig(input=data, output=out, overwrite=True), stream=io.StringIO())

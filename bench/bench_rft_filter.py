@@ -80,8 +80,9 @@ def child_ours(data: str, out: str, chunk_rows: int) -> dict:
 
     import tribunal.cluster.storage  # noqa: F401
     import tribunal.jobs.grm.render_frame  # noqa: F401
+    import tribunal.jobs.pipeline.files  # noqa: F401
+    import tribunal.jobs.pipeline.report  # noqa: F401
     import tribunal.jobs.pipeline.stages  # noqa: F401
-    import tribunal.jobs.vote  # noqa: F401
     from tribunal.jobs.rft_filter import RftFilterConfig, run
 
     t0 = time.perf_counter()

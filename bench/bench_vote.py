@@ -118,7 +118,7 @@ def child_vote(data: str, out: str, k: int | None, tie: str, chunk_rows: int) ->
     import fsspec  # noqa: F401
     import polars  # noqa: F401
 
-    from tribunal.jobs.pipeline import progress  # noqa: F401
+    from tribunal.jobs.pipeline import files, progress, report, stages  # noqa: F401
     from tribunal.jobs.vote import VoteConfig, run
 
     t0 = time.perf_counter()

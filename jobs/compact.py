@@ -5,8 +5,9 @@ corpora; its ``_quarantine/`` too. An output written before commit records first
 per part file. Files no record names (attempts a killed run left) are removed; committed files
 under the target are merged, streamed row group by row group, each merged file committed with a
 record that replaces its inputs in one step, so a kill at any point leaves every row exactly once.
-Idempotent: a second run finds nothing to merge. Run it on a finished output, not beside a job
-writing into it.
+Idempotent: a second run finds nothing to merge. Run it on a finished output: one a live run is
+writing (its lease) is refused. The report (rows before = rows after, files and bytes before and
+after) goes to ``OUT/_compact.json``; the output's ``_manifest.json`` stays the writing job's.
 
 Run::
 
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
 from tribunal.jobs.pipeline.config import add_arguments, check, opt
 from tribunal.jobs.pipeline.outputs import OutputDir
 from tribunal.schemas.errors import TribunalError
+
+KIND = "compaction"
+MANIFEST = "_compact.json"  # beside the output's own manifest, which stays the job's that wrote it
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,13 @@ def _census(out: OutputDir) -> dict:
 
 def run(cfg: CompactConfig, *, stream=None) -> dict:
     from tribunal.cluster import storage
+    from tribunal.jobs.pipeline.report import RunReport, Units
 
-    stream = stream or sys.stderr
-    t0 = time.time()
     out = OutputDir(cfg.input)
+    report = RunReport("compact", KIND, cfg, out, Units(input="rows"), stream)
     if not out.exists() or (not out.parts() and not out.quarantine_parts()):
         raise TribunalError(f"{out.display()}: no committed part files to compact")
+    out.hold()  # refused while a run writes it
     for d in (out.path, out.quarantine):
         if not storage.has_commit_layout(out.fs, d) and storage.committed_files(out.fs, d):
             out._adopt_legacy(d)
@@ -61,13 +65,14 @@ def run(cfg: CompactConfig, *, stream=None) -> dict:
     after = _census(out)
     if after["rows"] != before["rows"]:  # a merge keeps every row: anything else is a bug, say so
         raise TribunalError(f"{out.display()}: compaction changed the row count {before['rows']} -> {after['rows']}")
-    result = {"before": before, "after": after, "merged_files": merged, "garbage_removed": removed, "seconds": round(time.time() - t0, 3)}
-    print(
-        f"[compact] {out.display()}: {before['files']} files ({before['bytes'] / 2**20:.1f} MiB) -> {after['files']} files "
-        f"({after['bytes'] / 2**20:.1f} MiB), {after['rows']} rows; {removed} uncommitted or replaced files removed",
-        file=stream,
+    report.mark("compacted")
+    return report.finish(
+        {"rows_in": before["rows"], "rows_out": after["rows"], "quarantined": 0},
+        extra={"before": before, "after": after, "merged_files": merged, "garbage_removed": removed},
+        lines=[f"{before['files']} files ({before['bytes'] / 2**20:.1f} MiB) -> {after['files']} files ({after['bytes'] / 2**20:.1f} MiB); "
+               f"{removed} uncommitted or replaced files removed"],
+        manifest_path=storage.join(out.path, MANIFEST),
     )
-    return result
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ meta-RM guided curve is drawn too. Optionally ``--samples``: the canonical sampl
 RewardBench subsets, RewardBench's section and overall scores.
 
 For every k in ``--ks`` the first k non-hinted trajectories of each sample vote (``vote``'s own
-``vote_frame``, so the numbers are the ``vote`` job's); with meta scores, the ``ceil(k/2)`` (or
+``jobs.grm.vote_frame``, so the numbers are the ``vote`` job's); with meta scores, the ``ceil(k/2)`` (or
 ``--k-meta``) of those k with the highest meta score vote (SPEC section 5). Metrics (SPEC section
 6): accuracy under each tie protocol (``random``, ``half``, ``strict``) with a 95% bootstrap
 interval over samples, pairwise accuracy (n = 2), Best-of-N (n >= 3: the best response must beat
@@ -15,8 +15,13 @@ every other one, ties lose), ROC-AUC of the mean score against the label for n =
 parse-failure rate and abstentions. ``--greedy`` adds the accuracy of a greedy (temperature 0)
 run for reference.
 
-Output, under ``OUT/``: ``metrics.json`` (every number), ``report.md`` (the tables) and
-``scaling.png`` (accuracy against k with the intervals).
+Output, under ``OUT/``: ``metrics.json`` (every number), ``report.md`` (the tables),
+``scaling.png`` (accuracy against k with the intervals) and ``_manifest.json`` (the counts every
+job has: samples in = samples evaluated at the largest k + samples with no trajectory to vote).
+The parse-failure figure printed is the one every job prints (the share of all trajectories read
+whose scores did not parse); the tables' per-k rates are of the first k of each sample.
+RewardBench's ``Overall`` says how many of its 23 subsets it covers. A re-run with other settings
+into the same output is refused unless ``--overwrite``.
 
 Run::
 
@@ -29,11 +34,10 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 
 from tribunal.jobs.grm import grm_math
-from tribunal.jobs.grm.metrics import rewardbench_scores
+from tribunal.jobs.grm.metrics import REWARDBENCH_EXAMPLE_COUNTS, rewardbench_scores
 from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
 from tribunal.schemas import columns as c
 from tribunal.schemas.errors import TribunalError
@@ -41,6 +45,8 @@ from tribunal.schemas.errors import TribunalError
 EVAL_INPUT = (c.ID, c.SAMPLE_INDEX, c.HINTED, c.N_RESPONSES, c.SCORES, c.LABELS)
 META_SCORE = c.META_SCORE  # written by `metarm-score`
 SUBSET = "subset"  # carried by imported samples (`tribunal import`)
+KIND = "eval"  # what the output holds (its run record's kind)
+NO_VOTER = "no_trajectory_to_vote"  # a sample with only hinted trajectories (as `vote` counts it)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class EvalConfig:
     greedy: str = opt("", "trajectory shards of a greedy (temperature 0) run of the same samples, reported for reference")
     bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals (0 turns them off)")
     seed: int = opt(0, "seed of the vote tie-break and of the bootstrap")
+    overwrite: bool = opt(False, "replace an eval report made with other settings (only ever a tribunal eval output)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
@@ -69,6 +76,11 @@ class EvalConfig:
             except ValueError:
                 ks = [0]
             check(all(k >= 1 for k in ks), "ks", f"must be comma-separated integers >= 1, got {self.ks!r}")
+
+    def settings(self) -> dict:
+        """The options that fix the report; a re-run into the same output must match them."""
+        keys = ("input", "samples", "greedy", "ks", "k_meta", "tie", "bootstrap", "seed")
+        return {key: getattr(self, key) for key in keys}
 
 
 def parse_ks(spec: str, k_max: int) -> list[int]:
@@ -133,7 +145,7 @@ def evaluate_frame(traj, ks: list[int], k_meta: int | None, seed: int, resamples
     """Voting (and meta-RM guided voting, with meta scores) at every k: {"voting": {k: metrics}, ...}."""
     import polars as pl
 
-    from tribunal.jobs.vote import vote_frame
+    from tribunal.jobs.grm.vote_frame import vote_frame
 
     curves: dict[str, dict[int, dict]] = {"voting": {}}
     has_meta = META_SCORE in traj.columns and traj[META_SCORE].is_not_null().any()
@@ -156,14 +168,14 @@ def subset_table(traj, samples, k: int, seed: int, tie: str) -> dict[str, dict]:
     """Accuracy per ``subset`` at k (judged samples only)."""
     import polars as pl
 
-    from tribunal.jobs.vote import vote_frame
+    from tribunal.jobs.grm.vote_frame import vote_frame
 
     v = vote_frame(traj, k, seed, tie).join(samples, on=c.ID, how="inner").filter(pl.col(c.CREDIT).is_not_null())
     agg = v.group_by(SUBSET).agg(pl.col(c.CREDIT).mean().alias("accuracy"), pl.len().alias("samples")).sort(SUBSET)
     return {r[SUBSET]: {"accuracy": r["accuracy"], "samples": r["samples"]} for r in agg.iter_rows(named=True)}
 
 
-def _read_trajectories(uri: str, extra: tuple[str, ...] = (META_SCORE,)):
+def _read_trajectories(uri: str, extra: tuple[str, ...] = (META_SCORE, c.PARSE_ERROR)):
     import pyarrow.parquet as pq
 
     from tribunal.jobs.pipeline.outputs import trajectory_input
@@ -238,12 +250,19 @@ def _ci(x) -> str:
 
 
 def render_report(result: dict) -> str:
+    from tribunal.jobs.pipeline.report import parse_failure_line
+
     tie = result["tie"]
     lines = ["# tribunal eval", "", f"Input: `{result['input']}`; accuracy with `{tie}` ties unless a column says otherwise; 95% bootstrap intervals over samples.", ""]
+    pf = result.get("parse_failures")
+    if pf:
+        text = parse_failure_line(pf["failures"], pf["trajectories"], pf["reasons"])
+        lines += [text[0].upper() + text[1:] + ": every trajectory read (the tables give the rate among the first k of each sample).", ""]
     for curve, title in (("voting", "Voting@k"), ("metarm", "MetaRM voting@k")):
         if curve not in result["curves"]:
             continue
-        lines += [f"## {title}", "", "| k | accuracy | 95% CI | random | half | strict | pairwise (strict) | Best-of-N | parse failures | abstained | samples |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {title}", "", "| k | accuracy | 95% CI | random | half | strict | pairwise (strict) | Best-of-N | parse failures (of the first k) | abstained | samples |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for k, m in result["curves"][curve].items():
             lines.append(
                 f"| {k} | {_pct(m[f'accuracy_{tie}'])} | {_ci(m[f'ci95_{tie}'])} | {_pct(m['accuracy_random'])} | {_pct(m['accuracy_half'])} | {_pct(m['accuracy_strict'])} "
@@ -252,47 +271,74 @@ def render_report(result: dict) -> str:
         lines.append("")
     if result.get("greedy"):
         g = result["greedy"]
-        lines += ["## Greedy", "", f"accuracy {_pct(g[f'accuracy_{tie}'])} {_ci(g[f'ci95_{tie}'])}, parse failures {_pct(g['parse_failure_rate'])}", ""]
+        lines += ["## Greedy", "", f"accuracy {_pct(g[f'accuracy_{tie}'])} {_ci(g[f'ci95_{tie}'])}, parse failures {_pct(g['parse_failure_rate'])} (of its trajectories)", ""]
     if result.get("subsets"):
         lines += [f"## Per subset (k = {result['subsets_k']})", "", "| subset | accuracy | samples |", "|---|---|---|"]
         lines += [f"| {s} | {_pct(m['accuracy'])} | {m['samples']} |" for s, m in result["subsets"].items()]
         lines.append("")
     if result.get("rewardbench"):
+        coverage = result.get("rewardbench_coverage")
         lines += ["## RewardBench", "", "| section | score |", "|---|---|"]
-        lines += [f"| {s} | {_pct(v)} |" for s, v in result["rewardbench"].items()]
+        lines += [f"| {s} | {_pct(v)}" + (f" ({coverage['text']})" if s == "Overall" and coverage else "") + " |" for s, v in result["rewardbench"].items()]
+        if coverage and coverage["partial"]:
+            lines += ["", f"Covers {coverage['text']} of RewardBench: not comparable with the leaderboard's Overall, which weighs all {coverage['of']}."]
         lines.append("")
     if result.get("plot"):
         lines += ["![scaling](scaling.png)", ""]
     return "\n".join(lines)
 
 
+def rewardbench_coverage(subsets) -> dict | None:
+    """How many of RewardBench's subsets the per-subset table covers: ``Overall`` from a few of them
+    is not the leaderboard's figure, and says so. None without any RewardBench subset."""
+    present = sorted(s for s in subsets if s in REWARDBENCH_EXAMPLE_COUNTS)
+    if not present:
+        return None
+    of = len(REWARDBENCH_EXAMPLE_COUNTS)
+    text = f"{len(present)} of {of} subsets" + ("" if len(present) == of else ": partial")
+    return {"subsets": len(present), "of": of, "partial": len(present) < of, "text": text,
+            "missing": sorted(set(REWARDBENCH_EXAMPLE_COUNTS) - set(present))}
+
+
+def rewardbench_text(scores: dict, coverage: dict | None) -> str:
+    """``Chat 95.0, ..., Overall 92.9 (6 of 23 subsets: partial)``."""
+    return ", ".join(f"{s} {_pct(v)}" + (f" ({coverage['text']})" if s == "Overall" and coverage else "") for s, v in scores.items())
+
+
 def run(cfg: EvalConfig, *, stream=None) -> dict:
     import polars as pl
 
     from tribunal.cluster import storage
-    from tribunal.jobs.pipeline.outputs import OutputDir, Timer, package_versions
+    from tribunal.jobs.pipeline.outputs import OutputDir, package_versions
+    from tribunal.jobs.pipeline.report import RunReport, Units, parse_failure_line
 
-    stream = stream or sys.stderr
-    timer = Timer()
+    out = OutputDir(cfg.output)
+    report = RunReport("eval", KIND, cfg, out, Units(input="samples", output="samples evaluated"), stream)
     traj = _read_trajectories(cfg.input)
+    greedy_traj = _read_trajectories(cfg.greedy, extra=()) if cfg.greedy else None
+    subsets = _read_subsets(cfg.samples) if cfg.samples else None
+    out.prepare_run(cfg.settings(), cfg.overwrite, kind=KIND, inputs=[x for x in (cfg.input, cfg.samples, cfg.greedy) if x])
     k_max = int(traj.filter(~pl.col(c.HINTED))[c.SAMPLE_INDEX].max() or 0) + 1
     ks = parse_ks(cfg.ks, k_max)
+    n_samples = traj[c.ID].n_unique()
     if ks[-1] > k_max:
-        print(f"[eval] note: the input has at most {k_max} trajectories per sample; k > {k_max} uses them all", file=stream)
-    print(f"[eval] {traj[c.ID].n_unique()} samples, {len(traj)} trajectories; voting at k = {', '.join(map(str, ks))}", file=stream, flush=True)
+        report.say(f"note: the input has at most {k_max} trajectories per sample; k > {k_max} uses them all")
+    report.say(f"{n_samples} samples, {len(traj)} trajectories; voting at k = {', '.join(map(str, ks))}")
     curves = evaluate_frame(traj, ks, cfg.k_meta, cfg.seed, cfg.bootstrap)
-    timer.mark("voted")
+    report.mark("voted")
     result: dict = {"job": "eval", "input": cfg.input, "tie": cfg.tie, "config": to_dict(cfg), "versions": package_versions(), "curves": curves}
-    if cfg.greedy:
-        g = _read_trajectories(cfg.greedy, extra=())
-        result["greedy"] = evaluate_frame(g, [1], None, cfg.seed, cfg.bootstrap)["voting"][1]
-    if cfg.samples:
-        subsets = _read_subsets(cfg.samples)
+    # The one parse-failure figure: every trajectory read (the per-k rates in the tables are of
+    # the first k of each sample).
+    failed = traj.filter(pl.col(c.SCORES).is_null())
+    reasons = dict(sorted((str(r), int(n)) for r, n in failed[c.PARSE_ERROR].value_counts().iter_rows())) if c.PARSE_ERROR in traj.columns else {}
+    result["parse_failures"] = {"failures": len(failed), "trajectories": len(traj), "rate": len(failed) / len(traj) if len(traj) else 0.0, "reasons": reasons}
+    if greedy_traj is not None:
+        result["greedy"] = evaluate_frame(greedy_traj, [1], None, cfg.seed, cfg.bootstrap)["voting"][1]
+    if subsets is not None:
         result["subsets_k"] = ks[-1]
         result["subsets"] = subset_table(traj, subsets, ks[-1], cfg.seed, cfg.tie)
         result["rewardbench"] = rewardbench_scores({s: m["accuracy"] for s, m in result["subsets"].items()})
-    out = OutputDir(cfg.output)
-    out.fs.makedirs(out.path, exist_ok=True)
+        result["rewardbench_coverage"] = rewardbench_coverage(result["subsets"])
     png = storage.join(out.path, "scaling.png")
     if storage.is_local(out.fs):
         plot_scaling(curves, cfg.tie, png, result.get("greedy"))
@@ -303,18 +349,46 @@ def run(cfg: EvalConfig, *, stream=None) -> dict:
             plot_scaling(curves, cfg.tie, f"{d}/scaling.png", result.get("greedy"))
             out.fs.put_file(f"{d}/scaling.png", png)
     result["plot"] = out.display(png)
-    timer.mark("written")
-    result["timings_s"] = timer.marks
+
+    # Samples in = samples evaluated at the largest k (each in the accuracy, the n = 1 ROC-AUC, or
+    # neither: labels without a unique best) + samples with no trajectory to vote (only hinted).
+    last = curves["voting"][ks[-1]]
+    single = last.get("single_samples", 0)
+    counts = {
+        "rows_in": n_samples,
+        "rows_out": last["samples"],
+        "quarantined": 0,
+        "dropped": {NO_VOTER: n_samples - last["samples"]} if n_samples > last["samples"] else {},
+        "trajectories": len(traj),
+        "judged": last["judged"],
+        "single_response": single,
+        "no_verdict": last["samples"] - last["judged"] - single,
+        "parse_failures": len(failed),
+    }
+    result["counts"] = counts
     storage.write_text_atomic(out.fs, storage.join(out.path, "metrics.json"), json.dumps(result, indent=2, default=str))
     storage.write_text_atomic(out.fs, storage.join(out.path, "report.md"), render_report(result))
+    report.mark("written")
     # The table a user reads first.
+    lines = []
     for curve, name in (("voting", "Voting"), ("metarm", "MetaRM")):
         for k, m in curves.get(curve, {}).items():
-            print(f"[eval] {name}@{k}: accuracy {_pct(m[f'accuracy_{cfg.tie}'])}% {_ci(m[f'ci95_{cfg.tie}'])}, parse failures {_pct(m['parse_failure_rate'])}%", file=stream)
+            lines.append(f"{name}@{k}: {_headline(m, cfg.tie)}")
+    if result.get("greedy"):
+        lines.append(f"greedy (temperature 0): {_headline(result['greedy'], cfg.tie)}")
+    lines.append(parse_failure_line(len(failed), len(traj), reasons))
     if result.get("rewardbench"):
-        print("[eval] RewardBench: " + ", ".join(f"{s} {_pct(v)}" for s, v in result["rewardbench"].items()), file=stream)
-    print(f"[eval] done in {time.time() - timer.start:.1f}s: report {out.display(storage.join(out.path, 'report.md'))}, plot {result['plot']}", file=stream)
-    return result
+        lines.append("RewardBench: " + rewardbench_text(result["rewardbench"], result["rewardbench_coverage"]))
+    lines.append(f"report: {out.display(storage.join(out.path, 'report.md'))}, plot: {result['plot']}")
+    manifest = report.finish(counts, lines=lines, extra={"metrics": out.display(storage.join(out.path, "metrics.json")), "plot": result["plot"]})
+    return {**result, "manifest": manifest}
+
+
+def _headline(m: dict, tie: str) -> str:
+    """A curve point's accuracy and interval, or its ROC-AUC when no sample has two responses."""
+    if m[f"accuracy_{tie}"] is None and m.get("roc_auc_single") is not None:
+        return f"ROC-AUC {_pct(m['roc_auc_single'])}% (n = 1, {m['single_samples']} samples)"
+    return f"accuracy {_pct(m[f'accuracy_{tie}'])}% {_ci(m[f'ci95_{tie}'])}"
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

@@ -14,7 +14,10 @@ Output: ``OUT/part-00000.parquet`` in one of these layouts (schemas in ``EXPORT_
   (messages), ``chosen`` and ``rejected`` strings, ``chosen_reward``, ``rejected_reward``.
   Prompts with fewer than two rewarded rollouts or all rewards equal have no pair (counted).
 
-Rows are in a fixed order (prompt_id, then rollout_index), so an export is reproducible.
+The counts reconcile per format: prompts in = verl rows; rollouts in = OpenRLHF rows + rollouts
+without a reward; prompts in = DPO pairs + prompts without one, by reason. Rows are in a fixed order
+(prompt_id, then rollout_index), so an export is reproducible; a re-run with other settings into
+the same output is refused unless ``--overwrite``.
 
 Run::
 
@@ -29,13 +32,19 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 from tribunal.schemas.errors import TribunalError
 
 FORMATS = ("verl", "openrlhf", "openrlhf-dpo")
 SHARD = "part-00000.parquet"
+KIND = "export"  # what the output holds (its run record's kind); the format is a setting
+# What one input unit is, per format: verl and DPO rows are per prompt, OpenRLHF rows per rollout.
+INPUT_UNIT = {"verl": "prompts", "openrlhf": "rollouts", "openrlhf-dpo": "prompts"}
+NO_REWARD = "no_reward"  # openrlhf: a rollout without a finite reward
+FEWER_THAN_TWO = "fewer_than_two_rewards"  # openrlhf-dpo: a prompt with under two rewarded rollouts
+ALL_EQUAL = "rewards_all_equal"  # openrlhf-dpo: a prompt whose rewarded rollouts all tie
 
 EXPORT_SCHEMAS = {
     "verl": pa.schema([
@@ -71,11 +80,17 @@ class ExportConfig:
     format: str = opt("verl", "verl (prompts for RL), openrlhf (input/output/reward), openrlhf-dpo (best/worst pairs)", choices=FORMATS)
     ability: str = opt("general", "verl: the `ability` tag of every row")
     data_source: str | None = opt(None, "verl: data_source for rows without one (default: 'tribunal')")
+    overwrite: bool = opt(False, "replace an export written with other settings (only ever a tribunal export)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
         check(bool(self.output), "output", "is required")
         check(self.format in FORMATS, "format", f"must be one of {FORMATS}, got {self.format!r}")
+
+    def settings(self) -> dict:
+        """The options that fix the export; a re-run into the same output must match them."""
+        keys = ("input", "format", "ability", "data_source")
+        return {key: getattr(self, key) for key in keys}
 
 
 def to_verl(df, ability: str, default_source: str) -> tuple[pa.Table, dict]:
@@ -90,16 +105,21 @@ def to_verl(df, ability: str, default_source: str) -> tuple[pa.Table, dict]:
         pl.struct(pl.lit("rule").alias("style"), pl.col(c.REFERENCE).alias("ground_truth")).alias("reward_model"),
         pl.struct(pl.col("_i").cast(pl.Int64).alias("index"), pl.col(c.PROMPT_ID).alias("prompt_id")).alias("extra_info"),
     )
-    return rows.to_arrow(), {"rows": len(rows), "prompts": len(rows), "no_reference": int(first[c.REFERENCE].null_count())}
+    prompts = df[c.PROMPT_ID].n_unique()
+    return rows.to_arrow(), {"rows_in": prompts, "rows_out": len(rows), "rows": len(rows), "prompts": prompts,
+                             "no_reference": int(first[c.REFERENCE].null_count())}
 
 
 def to_openrlhf(df) -> tuple[pa.Table, dict]:
+    """One row per rollout with a finite reward."""
     import polars as pl
 
     ok = pl.col(c.REWARD).is_not_null() & pl.col(c.REWARD).is_finite()
     rows = df.sort(c.PROMPT_ID, c.ROLLOUT_INDEX).filter(ok).select(
         pl.col(c.CONTEXT).alias("input"), pl.col(c.RESPONSE).alias("output"), pl.col(c.REWARD).alias("reward"))
-    return rows.to_arrow(), {"rows": len(rows), "no_reward": len(df) - len(rows)}
+    no_reward = len(df) - len(rows)
+    return rows.to_arrow(), {"rows_in": len(df), "rows_out": len(rows), "dropped": {NO_REWARD: no_reward} if no_reward else {},
+                             "rows": len(rows), "no_reward": no_reward}
 
 
 def to_dpo(df) -> tuple[pa.Table, dict]:
@@ -114,18 +134,24 @@ def to_dpo(df) -> tuple[pa.Table, dict]:
         pl.col(c.CONTEXT).alias("prompt"), pl.col(c.RESPONSE).alias("chosen"), pl.col(f"{c.RESPONSE}_w").alias("rejected"),
         pl.col(c.REWARD).alias("chosen_reward"), pl.col(f"{c.REWARD}_w").alias("rejected_reward"))
     prompts = df[c.PROMPT_ID].n_unique()
-    return rows.to_arrow(), {"rows": len(rows), "prompts": prompts, "no_pair": prompts - len(rows)}
+    # A prompt without a pair has fewer than two rewarded rollouts, or rewards all equal.
+    few = prompts - int((ok.group_by(c.PROMPT_ID).len()["len"] >= 2).sum())
+    dropped = {FEWER_THAN_TWO: few, ALL_EQUAL: prompts - len(rows) - few}
+    return rows.to_arrow(), {"rows_in": prompts, "rows_out": len(rows), "dropped": {k: v for k, v in dropped.items() if v},
+                             "rows": len(rows), "prompts": prompts, "no_pair": prompts - len(rows)}
 
 
 def run(cfg: ExportConfig, *, job: str = "export", stream=None) -> dict:
     import polars as pl
+    import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
     from tribunal.cluster import storage
-    from tribunal.jobs.pipeline.outputs import OutputDir, Timer, input_files, package_versions
+    from tribunal.jobs.pipeline.outputs import OutputDir, input_files
+    from tribunal.jobs.pipeline.report import RunReport, Units
 
-    stream = stream or sys.stderr
-    timer = Timer()
+    out = OutputDir(cfg.output)
+    report = RunReport(job, KIND, cfg, out, Units(input=INPUT_UNIT[cfg.format], output=f"{cfg.format} rows"), stream)
     fs, files = input_files(cfg.input)
     for f in files:
         with fs.open(f, "rb") as fh:
@@ -133,8 +159,8 @@ def run(cfg: ExportConfig, *, job: str = "export", stream=None) -> dict:
         missing = [col for col in NEEDED if col not in names]
         if missing:
             raise TribunalError(f"{storage.display(fs, f)}: no {missing[0]!r} column: not scored rollouts (run `tribunal score` first)")
-    import pyarrow.dataset as ds
-
+    out.prepare_run(cfg.settings(), cfg.overwrite, kind=KIND, inputs=[cfg.input])
+    out.reset_parts()
     df = pl.from_arrow(ds.dataset(files, filesystem=storage.arrow_filesystem(fs), format="parquet").to_table(columns=list(NEEDED)))
     if cfg.format == "verl":
         out_table, counts = to_verl(df, cfg.ability, cfg.data_source or "tribunal")
@@ -142,19 +168,16 @@ def run(cfg: ExportConfig, *, job: str = "export", stream=None) -> dict:
         out_table, counts = to_openrlhf(df)
     else:
         out_table, counts = to_dpo(df)
-    counts = {"rollouts_in": len(df), **counts}
-    out = OutputDir(cfg.output)
-    out.fs.makedirs(out.path, exist_ok=True)
+    counts = {"rollouts_in": len(df), "quarantined": 0, **counts}
     schema = EXPORT_SCHEMAS[cfg.format]
     storage.write_parquet_atomic(out.fs, storage.join(out.path, SHARD), out_table.cast(schema), schema, replace=True)
-    timer.mark("written")
-    manifest = {"job": job, "config": to_dict(cfg), "versions": package_versions(), "output": out.display(),
-                "schema": cfg.format, "columns": schema.names, "counts": counts, "timings_s": timer.marks}
-    path = out.write_manifest(manifest)
-    print(f"[{job}] {len(df)} rollouts -> {counts['rows']} {cfg.format} rows "
-          + ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("rows", "rollouts_in")), file=stream)
-    print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
-    return manifest
+    report.mark("written")
+    notes = {k: counts[k] for k in ("no_reference",) if k in counts}
+    return report.finish(
+        counts,
+        extra={"format": cfg.format, "columns": schema.names},
+        lines=[f"{len(df)} rollouts of {df[c.PROMPT_ID].n_unique()} prompts read" + "".join(f", {k} {v}" for k, v in notes.items())],
+    )
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

@@ -17,10 +17,11 @@ Output::
                                   resumes from it, and ``--state`` seeds a later run's EMA with it
     OUT/_filter_steps.jsonl       (local output) one line per step since the start: steps done,
                                   state, the step's threshold; read on resume with the state file
-    OUT/_manifest.json            config, counts (reconciled), timings
+    OUT/_manifest.json            config, counts, timings: rollouts in = rollouts written + the
+                                  rollouts of the dropped prompts, by reason (reconciled)
 
-The state is persisted after every step (``_StateFile``: an appended journal line locally, a
-whole-object PUT of the state file on S3), with the thresholds of the steps whose decisions are
+The state is persisted after every step (``jobs.pipeline.journal.StepJournal``: an appended
+journal line locally, a whole-object PUT of the state file on S3), with the thresholds of the steps whose decisions are
 not committed yet; decisions are committed every ``--steps-per-shard`` steps. A run killed at any
 point resumes from its last step to a byte-identical result.
 
@@ -32,8 +33,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
 from tribunal.jobs.rewards import std_filter as sf
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
@@ -51,7 +50,11 @@ STATE_FILE = "_filter_state.json"
 JOURNAL_FILE = "_filter_steps.jsonl"
 PROMPTS_DIR = "_prompts"
 KEPT_SHARD = "part-00000.parquet"
+KIND = "kept_rollouts"  # what the output holds (its run record's kind)
 PROGRESS_EVERY_S = 5.0
+# Columns worth a Parquet dictionary in the kept rollouts (few distinct values, repeated); the long
+# text columns are not: hashing them costs more than it saves (zstd finds the repeats).
+DICTIONARY_COLUMNS = (c.PROMPT_ID, c.DATA_SOURCE, f"{c.CONTEXT}.list.element.{c.ROLE}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class FilterConfig:
     steps_per_shard: int = opt(512, "steps whose decisions are written as one shard (the state is written after every step)")
     reward_column: str = opt(c.REWARD, "column holding the reward")
     state: str | None = opt(None, "a _filter_state.json of an earlier run: start from its ema and step")
-    overwrite: bool = opt(False, "delete an existing output directory first")
+    overwrite: bool = opt(False, "replace a filter output written with other settings (only ever a tribunal filter output)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
@@ -81,10 +84,11 @@ class FilterConfig:
     def rule(self) -> sf.FilterRule:
         return sf.FilterRule(beta=self.std_beta, warmup_steps=self.warmup_steps, std_min=self.std_min)
 
-    def settings(self, seed_state: dict | None) -> dict:
-        """What fixes the result; a resumed run must match it."""
+    def settings(self) -> dict:
+        """What fixes the result (with the EMA state ``--state`` seeds, read from its file); a
+        resumed run must match it."""
         keys = ("input", "std_beta", "std_min", "warmup_steps", "step_prompts", "reward_column")
-        return {**{k: getattr(self, k) for k in keys}, "seed_state": seed_state}
+        return {**{k: getattr(self, k) for k in keys}, "seed_state": _seed_state(self.state)}
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -193,20 +197,15 @@ def decision_table(stats: pl.DataFrame, first_step: int, steps: list[list], step
 
 
 # ------------------------------------------------------------------------------------ the run
-def _read_json(fs, path: str) -> dict | None:
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as f:
-        return json.load(f)
-
-
 def _seed_state(path: str | None) -> dict | None:
+    """The EMA state of an earlier run's state file (``--state``), checked; None without one."""
     if not path:
         return None
     from tribunal.cluster import storage
+    from tribunal.jobs.pipeline.journal import read_json
 
     fs, p = storage.resolve(path)
-    data = _read_json(fs, p)
+    data = read_json(fs, p)
     if data is None:
         raise TribunalError(f"--state: {path} not found")
     if "state" not in data:
@@ -214,226 +213,52 @@ def _seed_state(path: str | None) -> dict | None:
     return sf.FilterState.from_dict(data["state"]).to_dict()
 
 
-# Columns worth a Parquet dictionary (few distinct values, repeated); the long text columns are
-# not: hashing them costs more than it saves (zstd finds the repeats).
-DICTIONARY_COLUMNS = (c.PROMPT_ID, c.DATA_SOURCE, f"{c.CONTEXT}.list.element.{c.ROLE}")
-
-
-def _write_kept(src_fs, files: list[str], out, kept_ids: pl.Series, batch_rows: int = 1 << 18) -> int:
-    """Stream the kept rollouts into one shard, in input order, with the input's own Arrow schema,
-    atomically; returns its rows. Reading and filtering the next batch overlaps the encoding of
-    this one (a writer thread; both sides release the GIL)."""
-    import queue
-    import threading
-
-    import pyarrow.parquet as pq
-
-    from tribunal.cluster import storage
-
-    with src_fs.open(files[0], "rb") as fh:
-        schema = pq.ParquetFile(fh).schema_arrow
-    wanted = kept_ids.implode()
-    keep = pl.col(c.PROMPT_ID).cast(pl.String).is_in(wanted)
-    if storage.is_local(src_fs) and storage.is_local(out.fs) and _polars_writes_exactly(schema) and _POLARS_SINK_METADATA:
-        return _sink_kept(files, out, keep, schema)
-    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, replace=True, write_statistics=False,
-                                        use_dictionary=[n for n in DICTIONARY_COLUMNS if n.split(".")[0] in schema.names])
-    q: queue.Queue = queue.Queue(maxsize=2)
-    failed: list[BaseException] = []
-
-    def write() -> None:
-        while (t := q.get()) is not None:
-            if not failed:
-                try:
-                    writer.write(t)
-                except BaseException as e:  # noqa: BLE001 - re-raised by the reader
-                    failed.append(e)
-
-    thread = threading.Thread(target=write, daemon=True, name="tribunal-filter-writer")
-    thread.start()
-    try:
-        for f in files:
-            if failed:
-                break
-            if storage.is_local(src_fs):
-                # polars decodes nested Parquet (the context messages) several times faster than
-                # pyarrow here; the kept rows go back to the input's exact Arrow types.
-                for df in pl.scan_parquet(f).filter(keep).collect_batches(chunk_size=batch_rows, maintain_order=True):
-                    q.put(df.to_arrow().cast(schema))
-                continue
-            with src_fs.open(f, "rb") as fh:
-                for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows):
-                    mask = pl.from_arrow(batch.column(c.PROMPT_ID)).cast(pl.String).is_in(wanted).to_arrow()
-                    q.put(pa.Table.from_batches([batch.filter(mask)]))
-    except BaseException:
-        failed.append(None)
-        raise
-    finally:
-        q.put(None)
-        thread.join()
-        if failed:
-            writer.close(publish=False)
-    if failed:
-        raise failed[0]
-    rows = writer.rows
-    writer.close()
-    return rows
-
-
-# Polars versions whose sink takes file metadata (the input's Arrow schema is stored through it).
-_POLARS_SINK_METADATA = "metadata" in inspect.signature(pl.LazyFrame.sink_parquet).parameters
-
-
-def _polars_writes_exactly(schema: pa.Schema) -> bool:
-    """Whether polars' Parquet writer stores columns of these Arrow types exactly as pyarrow reads
-    them back under the input's own schema: strings, numbers, booleans, and lists and structs of
-    them, all nullable (polars writes every column optional)."""
-
-    def ok(t: pa.DataType) -> bool:
-        if pa.types.is_list(t) or pa.types.is_large_list(t):
-            return t.value_field.nullable and ok(t.value_type)
-        if pa.types.is_struct(t):
-            return all(f.nullable and ok(f.type) for f in t)
-        return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
-                or pa.types.is_boolean(t))
-
-    return all(f.nullable and ok(f.type) for f in schema)
-
-
-def _sink_kept(files: list[str], out, keep: pl.Expr, schema: pa.Schema) -> int:
-    """Local files: polars' streaming engine reads, filters and writes the kept rows in one plan,
-    decoding and encoding on every core (about 1.4x the pyarrow writer thread's speed). Polars
-    writes 64-bit string and list offsets; the Parquet bytes do not depend on them, and the
-    ``ARROW:schema`` metadata is the input's, so readers get the input's exact types back."""
-    import base64
-
-    import pyarrow.parquet as pq
-
-    from tribunal.cluster import storage
-
-    writer = storage.ParquetShardWriter(out.fs, storage.join(out.path, KEPT_SHARD), schema, replace=True, external=True)
-    published = False
-    try:
-        pl.scan_parquet(files).filter(keep).sink_parquet(
-            writer.temp_path, compression=storage.PARQUET_OPTIONS["compression"], compression_level=storage.PARQUET_OPTIONS["compression_level"],
-            statistics=False, maintain_order=True, metadata={"ARROW:schema": base64.b64encode(schema.serialize().to_pybytes()).decode()},
-        )
-        writer.rows = pq.ParquetFile(writer.temp_path).metadata.num_rows
-        published = True
-    finally:
-        writer.close(publish=published)
-    return writer.rows
-
-
-class _StateFile:
-    """The filter state after every step.
-
-    ``OUT/_filter_state.json`` holds the whole record (settings, steps done, state, and the
-    ``[step, threshold]`` of the steps whose decisions are not committed yet); it is replaced
-    atomically (temporary file + rename locally, one whole-object PUT on S3). On an object store
-    it is PUT after every step. Locally it is replaced when a shard of decisions is committed and
-    at the end, and every step in between is appended as one JSON line to ``OUT/_filter_steps.jsonl``
-    (after a header line with the settings): a rename over an existing file costs 2.5-4 ms on
-    ext4 here (``auto_da_alloc`` writes the new file's data back first), an append 0.03 ms, and
-    a process killed mid-append leaves at most a torn last line, which ``load`` ignores.
-    """
-
-    def __init__(self, fs, path: str, journal: str) -> None:
-        from tribunal.cluster import storage
-
-        self.fs, self.path, self.journal, self.local = fs, path, journal, storage.is_local(fs)
-        self._log = None
-
-    def load(self, settings: dict, prompts: int) -> tuple[dict, list] | None:
-        """(the last record, the pending steps) saved by an earlier run with these settings."""
-        record = _read_json(self.fs, self.path)
-        if record is not None and (record.get("settings") != settings or record.get("prompts") != prompts):
-            record = None
-        pending = [list(x) for x in record.get("pending", [])] if record else []
-        if not self.local or not self.fs.exists(self.journal):
-            return (record, pending) if record else None
-        with open(self.journal, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        try:
-            header = json.loads(lines[0])
-        except ValueError:
-            return (record, pending) if record else None
-        if header.get("settings") != settings or header.get("prompts") != prompts:
-            return (record, pending) if record else None
-        done = record["steps_done"] if record else 0
-        for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a torn last line (or the empty string after the last newline)
-                break
-            if entry["steps_done"] <= done:
-                continue
-            if entry["steps_done"] != done + 1:
-                break
-            done = entry["steps_done"]
-            pending.append(entry["step"])
-            record = {"settings": settings, "prompts": prompts, "steps_done": done, "state": entry["state"]}
-        return (record, pending) if record else None
-
-    def start(self, settings: dict, prompts: int, fresh: bool) -> None:
-        if not self.local:
-            return
-        self._log = open(self.journal, "w" if fresh else "a", encoding="utf-8")
-        if fresh:
-            self._log.write(json.dumps({"settings": settings, "prompts": prompts}, sort_keys=True) + "\n")
-            self._log.flush()
-
-    def write(self, record: dict, step: list, committed: bool) -> None:
-        """After a step: ``record`` (with its ``pending`` list) and that step's ``[step, threshold]``."""
-        from tribunal.cluster import storage
-
-        if not self.local:
-            self.fs.pipe_file(self.path, json.dumps(record, sort_keys=True).encode())
-            return
-        self._log.write(json.dumps({"steps_done": record["steps_done"], "state": record["state"], "step": step}) + "\n")
-        self._log.flush()
-        if committed:
-            storage.write_text_atomic(self.fs, self.path, json.dumps(record, indent=2, sort_keys=True))
-
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
+def threshold_text(cfg: FilterConfig, state: sf.FilterState) -> str:
+    """The threshold a step now has, in words: fixed (``--std-min``), the EMA, or none yet."""
+    if cfg.std_min is not None:
+        return f"fixed threshold {cfg.std_min:g}"
+    if state.ema is None:
+        return "ema not set yet (warm-up)"
+    return f"ema {state.ema:.4g} (threshold {cfg.std_beta * state.ema:.4g})"
 
 
 def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
     from tribunal.cluster import storage
-    from tribunal.jobs.pipeline.outputs import OutputDir, Timer, input_files, package_versions
+    from tribunal.jobs.pipeline.files import stream_filter_by_key
+    from tribunal.jobs.pipeline.journal import StepJournal
+    from tribunal.jobs.pipeline.outputs import OutputDir, input_files
     from tribunal.jobs.pipeline.progress import fmt_duration
+    from tribunal.jobs.pipeline.report import RunReport, Units
 
-    stream = stream or sys.stderr
-    timer = Timer()
+    out = OutputDir(cfg.output)
+    report = RunReport(job, KIND, cfg, out, Units(input="rollouts"), stream)
     in_fs, files = input_files(cfg.input)
     _check_columns(in_fs, files, cfg.reward_column)
-    seed = _seed_state(cfg.state)
+    settings = cfg.settings()
+    out.prepare_run(settings, cfg.overwrite, kind=KIND, inputs=[cfg.input] + ([cfg.state] if cfg.state else []))
     rule = cfg.rule()
-    out = OutputDir(cfg.output)
-    settings = cfg.settings(seed)
-    out.prepare_run(settings, cfg.overwrite)
+    seed = settings["seed_state"]
     decisions = OutputDir(storage.join(cfg.output, PROMPTS_DIR))
     state_path = storage.join(out.path, STATE_FILE)
 
     stats = prompt_stats(_scan(in_fs, files), cfg.reward_column)
-    timer.mark("stats")
+    report.mark("stats")
     n_prompts = len(stats)
     total_steps = -(-n_prompts // cfg.step_prompts)
 
-    state_file = _StateFile(out.fs, state_path, storage.join(out.path, JOURNAL_FILE))
-    saved = state_file.load(settings, n_prompts)
+    journal = StepJournal(out.fs, state_path, storage.join(out.path, JOURNAL_FILE))
+    saved = journal.load(settings, n_prompts)
     if saved is not None:
         state, done_steps = sf.FilterState.from_dict(saved[0]["state"]), int(saved[0]["steps_done"])
         pending = saved[1]  # [step, threshold] of the steps whose decisions are not committed yet
     else:  # a fresh run (or the input changed under an old state): start over
         decisions.reset_parts()
         state, done_steps, pending = (sf.FilterState.from_dict(seed) if seed else sf.FilterState()), 0, []
-    state_file.start(settings, n_prompts, fresh=saved is None)
+    journal.start(settings, n_prompts, fresh=saved is None)
     resumed = done_steps
-    print(f"[{job}] {n_prompts} prompts, {int(stats[c.N_ROLLOUTS].sum() or 0)} rollouts in {len(files)} file(s); "
-          f"{total_steps} steps of {cfg.step_prompts}" + (f", resuming at step {done_steps}" if done_steps else ""), file=stream)
+    report.say(f"{n_prompts} prompts, {int(stats[c.N_ROLLOUTS].sum() or 0)} rollouts in {len(files)} file(s); "
+               f"{total_steps} step{'s' if total_steps != 1 else ''} of {cfg.step_prompts} prompts"
+               + (f", resuming at step {done_steps}" if done_steps else ""))
 
     # Decisions committed by an earlier run (parts named by their first step) are read back; the
     # ones made here are kept in memory as they are written.
@@ -459,28 +284,35 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
             storage.write_parquet_atomic(decisions.fs, storage.join(decisions.path, f"part-{shard_start:08d}.parquet"), table, arrow.FILTER_DECISION, replace=True)
             tables.append(table)
             pending, shard_start = [], done_steps
-        state_file.write({"settings": settings, "prompts": n_prompts, "steps_done": done_steps, "state": state.to_dict(), "pending": pending}, thr, commit)
+        journal.write({"settings": settings, "prompts": n_prompts, "steps_done": done_steps, "state": state.to_dict(), "pending": pending}, thr, commit)
         now = time.monotonic()
         if now - last_line >= PROGRESS_EVERY_S:
             last_line = now
-            elapsed = time.time() - timer.start
-            print(f"[{job}] step {done_steps}/{total_steps} ({100 * done_steps / max(total_steps, 1):.0f}%), ema {state.ema}, {fmt_duration(elapsed)}", file=stream, flush=True)
-    state_file.close()
-    timer.mark("decided")
+            report.say(f"step {done_steps}/{total_steps} ({100 * done_steps / max(total_steps, 1):.0f}%), "
+                       f"{threshold_text(cfg, state)}, {fmt_duration(time.time() - report.timer.start)}")
+    journal.close()
+    report.mark("decided")
 
     dec = pl.from_arrow(pa.concat_tables(tables) if tables else arrow.FILTER_DECISION.empty_table())
     kept_ids = dec.filter(pl.col(c.KEPT))[c.PROMPT_ID]
-    kept_rows = _write_kept(in_fs, files, out, kept_ids) if n_prompts else 0
-    timer.mark("written")
+    kept_rows = stream_filter_by_key(in_fs, files, out.fs, storage.join(out.path, KEPT_SHARD), c.PROMPT_ID, kept_ids,
+                                     dictionary_columns=DICTIONARY_COLUMNS) if n_prompts else 0
+    report.mark("written")
 
+    # The rollouts reconcile: those in = those written + those of every dropped prompt, by reason
+    # (the rollouts of kept prompts that were not written would show as a gap).
     by_reason = {r: 0 for r in sf.REASONS}
     rollouts_by_reason = {r: 0 for r in sf.REASONS}
     for reason, n, rows in dec.group_by(c.FILTER_REASON).agg(pl.len(), pl.col(c.N_ROLLOUTS).sum()).iter_rows():
         by_reason[reason], rollouts_by_reason[reason] = int(n), int(rows)
     rollouts_in = int(stats[c.N_ROLLOUTS].sum() or 0)
     kept_prompts = sum(by_reason[r] for r in sf.KEEP_REASONS)
-    expected_kept_rows = sum(rollouts_by_reason[r] for r in sf.KEEP_REASONS)
+    dropped_reasons = [r for r in sf.REASONS if r not in sf.KEEP_REASONS]
     counts = {
+        "rows_in": rollouts_in,
+        "rows_out": kept_rows,
+        "quarantined": 0,
+        "dropped": {r: rollouts_by_reason[r] for r in dropped_reasons if rollouts_by_reason[r]},
         "prompts_in": n_prompts,
         "rollouts_in": rollouts_in,
         "prompts_kept": kept_prompts,
@@ -488,23 +320,18 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
         "prompts_by_reason": by_reason,
         "rollouts_by_reason": rollouts_by_reason,
         "steps": total_steps,
-        "reconciled": len(dec) == n_prompts == sum(by_reason.values()) and kept_rows == expected_kept_rows
-        and rollouts_in == sum(rollouts_by_reason.values()),
     }
-    elapsed = time.time() - timer.start
-    manifest = {
-        "job": job, "config": to_dict(cfg), "settings": settings, "versions": package_versions(),
-        "output": out.display(), "schema": "input rollouts (kept prompts)", "counts": counts,
-        "final_state": state.to_dict(), "this_run": {"resumed_at_step": resumed},
-        "timings_s": timer.marks, "throughput": {"rollouts_per_s": round(rollouts_in / max(elapsed, 1e-9), 1)},
-    }
-    path = out.write_manifest(manifest)
-    dropped = ", ".join(f"{r} {by_reason[r]}" for r in sf.REASONS if r not in sf.KEEP_REASONS and by_reason[r])
-    print(f"[{job}] done in {fmt_duration(elapsed)}: {n_prompts} prompts -> kept {kept_prompts} ({by_reason[sf.WARMUP]} in warm-up), "
-          f"dropped: {dropped or 'none'}; {kept_rows}/{rollouts_in} rollouts kept; ema {state.ema}"
-          + ("" if counts["reconciled"] else " (DO NOT RECONCILE)"), file=stream)
-    print(f"[{job}] output: {out.display()} (manifest: {path}, state: {out.display(state_path)})", file=stream)
-    return manifest
+    dropped = ", ".join(f"{r} {by_reason[r]}" for r in dropped_reasons if by_reason[r])
+    return report.finish(
+        counts,
+        this_run={"resumed_at_step": resumed},
+        throughput={"rollouts_per_s": round(rollouts_in / max(report.timer.marks["written"], 1e-9), 1)},
+        extra={"final_state": state.to_dict()},
+        lines=[f"prompts: {n_prompts} in -> {kept_prompts} kept ({by_reason[sf.WARMUP]} in warm-up), "
+               f"{n_prompts - kept_prompts} dropped" + (f" ({dropped})" if dropped else ""),
+               f"{threshold_text(cfg, state)} after {total_steps} step{'s' if total_steps != 1 else ''}; "
+               f"state: {out.display(state_path)}"],
+    )
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

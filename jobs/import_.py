@@ -8,7 +8,8 @@ pairwise, JudgeBench, HelpSteer2-style ratings, verl), recognised by their colum
 Output: ``OUT/part-00000.parquet`` in ``importers.IMPORTED`` (the canonical sample schema plus
 ``subset``, ``data_source`` and ``reference``), ``OUT/_quarantine/`` and ``OUT/_manifest.json``
 (counts per file and layout; rows in = samples out + quarantined, RM-Bench rows counting 9
-pairs each). Every job takes the output as ``--input``; ``eval --samples`` reads its subsets.
+pairs each). Every job takes the output as ``--input``; ``eval --samples`` reads its subsets. A
+re-run with other settings into the same output is refused unless ``--overwrite``.
 
 Run::
 
@@ -19,15 +20,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
 from tribunal.schemas import columns as c
 from tribunal.schemas import importers
 from tribunal.schemas.errors import TribunalError
 
 EXTENSIONS = (".parquet", ".json", ".jsonl", ".ndjson")
+KIND = "imported_sample"  # what the output holds (its run record's kind)
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,17 @@ class ImportConfig:
     layout: str = opt("auto", "input layout, or auto to recognise it from the columns", choices=("auto", *importers.LAYOUTS))
     rating: str = opt("helpfulness", "helpsteer2 layout: the rating column used as labels")
     source: str = opt("", "data_source recorded on every sample (default: the layout's name; verl keeps its own)")
+    overwrite: bool = opt(False, "replace an import written with other settings (only ever a tribunal import)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
         check(bool(self.output), "output", "is required")
         check(self.layout in ("auto", *importers.LAYOUTS), "layout", f"must be auto or one of {importers.LAYOUTS}, got {self.layout!r}")
+
+    def settings(self) -> dict:
+        """The options that fix the samples; a re-run into the same output must match them."""
+        keys = ("input", "layout", "rating", "source")
+        return {key: getattr(self, key) for key in keys}
 
 
 def list_inputs(fs, path: str) -> list[str]:
@@ -75,7 +82,7 @@ def run(cfg: ImportConfig, *, stream=None) -> dict:
     import pyarrow as pa
 
     from tribunal.cluster import storage
-    from tribunal.jobs.pipeline.outputs import OutputDir, Timer, package_versions
+    from tribunal.jobs.pipeline.outputs import OutputDir, Timer
     from tribunal.schemas.validate import normalize
 
     stream = stream or sys.stderr
@@ -107,7 +114,12 @@ def run(cfg: ImportConfig, *, stream=None) -> dict:
     table = valid
     for name, values in zip((importers.SUBSET, importers.DATA_SOURCE, importers.REFERENCE), cols):
         table = table.append_column(name, pa.array(list(values), pa.string()))
+    from tribunal.jobs.pipeline.report import RunReport, Units
+
     out = OutputDir(cfg.output)
+    report = RunReport("import", KIND, cfg, out, Units(input="rows", output="samples"), stream)
+    report.timer = timer  # the job's clock, started before the files were read
+    out.prepare_run(cfg.settings(), cfg.overwrite, kind=KIND, inputs=[cfg.input])
     out.reset_parts()
     # The only writer of its directory: the file keeps the shard name (as export and filter).
     storage.write_parquet_atomic(out.fs, storage.join(out.path, "part-00000.parquet"), table, importers.IMPORTED, replace=True)
@@ -118,21 +130,19 @@ def run(cfg: ImportConfig, *, stream=None) -> dict:
 
         out.fs.makedirs(out.quarantine, exist_ok=True)
         storage.write_parquet_atomic(out.fs, storage.join(out.quarantine, "part-00000.parquet"), quarantine, arrow.QUARANTINE, replace=True)
-    timer.mark("written")
+    report.mark("written")
     reasons: dict[str, int] = {}
     for r in quarantine.column(c.REASON).to_pylist():
         reasons[r] = reasons.get(r, 0) + 1
     subsets: dict[str, int] = {}
     for s in table.column(importers.SUBSET).to_pylist():
         subsets[str(s)] = subsets.get(str(s), 0) + 1
-    counts = {"rows_in": raw.num_rows, "samples": table.num_rows, "quarantined": quarantine.num_rows, "quarantine_reasons": dict(sorted(reasons.items())), "subsets": dict(sorted(subsets.items()))}
-    assert counts["rows_in"] == counts["samples"] + counts["quarantined"]
-    manifest = {"job": "import", "config": to_dict(cfg), "versions": package_versions(), "output": out.display(), "schema": "imported_sample", "files": per_file, "counts": counts, "timings_s": timer.marks}
-    where = out.write_manifest(manifest)
-    q = f", {quarantine.num_rows} quarantined ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})" if quarantine.num_rows else ""
-    print(f"[import] done in {time.time() - timer.start:.1f}s: {raw.num_rows} rows -> {table.num_rows} samples in {len(subsets)} subsets{q}", file=stream)
-    print(f"[import] output: {out.display()} (manifest: {where})", file=stream)
-    return manifest
+    # Rows in (after a layout's own expansion: an RM-Bench row is 9 pairs) = samples + quarantined.
+    counts = {"rows_in": raw.num_rows, "rows_out": table.num_rows, "samples": table.num_rows, "quarantined": quarantine.num_rows,
+              "quarantine_reasons": dict(sorted(reasons.items())), "subsets": dict(sorted(subsets.items()))}
+    return report.finish(counts, extra={"files": per_file}, lines=[f"{len(subsets)} subset{'s' if len(subsets) != 1 else ''}: "
+                                                                   + ", ".join(f"{s} {n}" for s, n in sorted(subsets.items())[:8])
+                                                                   + (", ..." if len(subsets) > 8 else "")])
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,12 @@ chat messages exactly as the GRM saw them plus the completion) and ``OUT/metarm/
 (``arrow.METARM``: one row per non-hinted trajectory, the meta-RM prompt and the trajectory as
 user and assistant turns, label 1 if correct), each with a manifest, and ``OUT/funnel.json``.
 
+Counts: samples in (the sampling run's count) = accepted + too_easy + no_correct + invalid (the
+funnel, in ``sft/_manifest.json`` and ``funnel.json``); trajectories in = meta-RM rows + hinted
+ones left out (``metarm/_manifest.json``). The corpora are the outputs: a re-run with other
+settings is refused unless ``--overwrite``, which replaces ``sft/`` and ``metarm/`` only (never
+``trajectories/``); a run directory holding anything else is refused.
+
 Run::
 
     tribunal rft-filter --input rft_run/trajectories --output rft_run/ --hint never
@@ -24,16 +30,14 @@ import argparse
 import json
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from tribunal.jobs.grm import grm_math
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
-from tribunal.jobs.pipeline.outputs import OutputDir, SeenIds, Timer, package_versions, trajectory_input
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.outputs import OutputDir, SeenIds, trajectory_input
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 from tribunal.schemas.errors import TribunalError
@@ -46,6 +50,9 @@ FILTER_INPUT = (
 )
 
 PROGRESS_EVERY_S = 5.0
+FUNNEL = "funnel.json"
+# What a run directory holds: rft's trajectories, this job's corpora and funnel.
+RUN_ROOT_NAMES = ("trajectories", "sft", "metarm", FUNNEL)
 
 # The corpora's Parquet: dictionary-encode the short repeated columns only (a prompt of kilobytes
 # is hashed for nothing otherwise) and keep min/max statistics where they help row-group pruning.
@@ -67,6 +74,7 @@ class RftFilterConfig:
     chunk_rows: int = opt(250_000, "trajectory rows read per chunk, one output shard each (bounds memory: two chunks are held)")
     render_rows: int = opt(100_000, "trajectory rows whose prompt pieces are prepared at a time (bounds memory)")
     row_group_rows: int = opt(10_000, "corpus rows rendered and written at a time: one Parquet row group each (prompts are long: bounds memory)")
+    overwrite: bool = opt(False, "replace the sft/ and metarm/ corpora of a run with other settings (never trajectories/)")
 
     def __post_init__(self) -> None:
         check(bool(self.input), "input", "is required")
@@ -75,6 +83,11 @@ class RftFilterConfig:
         check(self.chunk_rows >= 1, "chunk_rows", f"must be >= 1, got {self.chunk_rows}")
         check(self.render_rows >= 1, "render_rows", f"must be >= 1, got {self.render_rows}")
         check(self.row_group_rows >= 1, "row_group_rows", f"must be >= 1, got {self.row_group_rows}")
+
+    def settings(self) -> dict:
+        """The options that fix the corpora; a re-run into the same run directory must match them."""
+        keys = ("input", "hint", "metarm_include_hinted", "template")
+        return {key: getattr(self, key) for key in keys}
 
 
 def _run_starts(ids: pl.Series):
@@ -150,18 +163,6 @@ def metarm_chats(t: pl.DataFrame, include_hinted: bool):
     return rf.metarm_chats(rows, keep, rf.Shape.of(t))
 
 
-def bounded_map(pool: ThreadPoolExecutor, fn, items, ahead: int):
-    """``pool.map`` in order, with at most ``ahead`` results pending (``Executor.map`` submits
-    everything at once, so finished slices would pile up in memory)."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) > ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def _write(out, chats, schema, rows: int) -> None:
     """Join chats and write them, ``rows`` at a time (one row group each)."""
     for lo in range(0, len(chats), rows):
@@ -201,40 +202,55 @@ def _count_into(acc: dict, series: pl.Series) -> None:
         acc[k] = acc.get(k, 0) + int(v)
 
 
+def _check_run_root(root: OutputDir, inputs: list[str]) -> None:
+    """The run directory holds ``sft/``, ``metarm/`` and ``funnel.json`` (and ``trajectories/``
+    under ``tribunal rft``): refuse one that is a file, an input, or holds anything else."""
+    root.check_not_input(inputs)
+    root.fs.invalidate_cache(root.path)
+    if not root.fs.exists(root.path):
+        return
+    if not root.fs.isdir(root.path):
+        raise TribunalError(f"--output {root.display()} is a file, not a directory: use another --output")
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in root.fs.ls(root.path, detail=False)}
+    foreign = sorted(n for n in names if n not in RUN_ROOT_NAMES and not n.startswith((".", "_")))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise TribunalError(
+            f"--output {root.display()} holds files that are not an rft run's ({shown}): use another --output "
+            "(rft-filter writes sft/, metarm/ and funnel.json in a run directory of its own)"
+        )
+
+
 def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     import pyarrow.compute as pc
 
     from tribunal.cluster import storage
+    from tribunal.jobs.pipeline.files import Lanes, chunk_files
     from tribunal.jobs.pipeline.progress import fmt_duration
+    from tribunal.jobs.pipeline.report import RunReport, Units, reconcile
     from tribunal.jobs.pipeline.stages import shard_name
-    from tribunal.jobs.vote import chunk_files
 
-    stream = stream or sys.stderr
-    timer = Timer()
-    src, files = trajectory_input(cfg.input, FILTER_INPUT)
-    template = _template_of(src, cfg.template)
     root = OutputDir(cfg.output)
     sft, metarm = OutputDir(storage.join(cfg.output, "sft")), OutputDir(storage.join(cfg.output, "metarm"))
-    sft.reset_parts()
-    metarm.reset_parts()
+    report = RunReport(job, "sft", cfg, sft, Units(input="samples", output="accepted samples", produced="SFT rows"), stream)
+    meta_report = RunReport(job, "metarm", cfg, metarm, Units(input="trajectories", output="meta-RM rows"), stream)
+    src, files = trajectory_input(cfg.input, FILTER_INPUT)
+    template = _template_of(src, cfg.template)
+    _check_run_root(root, [cfg.input])
+    for corpus, kind in ((sft, "sft"), (metarm, "metarm")):  # the outputs: the run directory's trajectories/ stay
+        corpus.prepare_run(cfg.settings(), cfg.overwrite, kind=kind, inputs=[cfg.input])
+    for corpus in (sft, metarm):
+        corpus.reset_parts()  # a reducer recomputes everything: the same settings give the same corpora
 
     outcomes: dict[str, int] = {}
     verdict_counts: dict[str, int] = {}
     accepted_per_sample: dict[int, int] = {}
-    hinted_kept = 0
+    hinted_kept = hinted = 0
     labels_balance = {"0": 0, "1": 0}
     sft_rows = metarm_rows = n_traj = 0
     seen = SeenIds()
     samples = 0
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
-    # Four threads (polars, Arrow and Parquet release the GIL): one reads and judges the next
-    # chunk; one evaluates the prompt pieces of the next `render_rows` rows (polars, where fixed
-    # costs per call make large blocks pay); two join each corpus's pieces into chats and write
-    # them `row_group_rows` at a time (Arrow, Parquet), in order, so a row group is written
-    # while it is still in cache. A few blocks are alive at most: memory stays bounded.
-    reader, pool = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
-    sft_writer, meta_writer = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=1)
-    pending: deque = deque()  # writes and closes on the writer threads, oldest first
 
     def prepare(chunk: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
         traj = src.read_polars(chunk, list(FILTER_INPUT))
@@ -243,13 +259,14 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
             raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
         return verdicts(traj, cfg.hint)
 
-    executors = (reader, pool, sft_writer, meta_writer)
+    # Four lanes (polars, Arrow and Parquet release the GIL): one reads and judges the next chunk;
+    # one evaluates the prompt pieces of the next `render_rows` rows (polars, where fixed costs per
+    # call make large blocks pay); two join each corpus's pieces into chats and write them
+    # `row_group_rows` at a time (Arrow, Parquet), in order, so a row group is written while it
+    # is still in cache. A few blocks are alive at most: memory stays bounded.
     last_line = time.monotonic()
-    try:
-        upcoming = reader.submit(prepare, chunks[0]) if chunks else None
-        for i in range(len(chunks)):
-            t, per_sample = upcoming.result()
-            upcoming = reader.submit(prepare, chunks[i + 1]) if i + 1 < len(chunks) else None
+    with Lanes("read", "render", "sft", "metarm") as lanes:
+        for i, (t, per_sample) in enumerate(lanes.prefetch("read", prepare, chunks)):
             dup = seen.add(per_sample[c.ID])
             if dup is not None:
                 raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
@@ -260,6 +277,7 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
                 accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
             _count_into(verdict_counts, t[c.VERDICT])
             hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
+            hinted += int(t[c.HINTED].sum())
             name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
             sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
             meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
@@ -268,45 +286,48 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
                 part = t.slice(lo, cfg.render_rows)
                 return sft_chats(part, template), metarm_chats(part, cfg.metarm_include_hinted)
 
-            for s_chats, m_chats in bounded_map(pool, pieces, range(0, len(t), cfg.render_rows), ahead=1):
-                pending.append(sft_writer.submit(_write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows))
-                pending.append(meta_writer.submit(_write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows))
+            for s_chats, m_chats in lanes.map("render", pieces, range(0, len(t), cfg.render_rows), ahead=1):
+                lanes.submit("sft", _write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows)
+                lanes.submit("metarm", _write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows)
                 ones = int(pc.sum(m_chats.kept[c.LABEL]).as_py() or 0)
                 labels_balance["1"] += ones
                 labels_balance["0"] += len(m_chats) - ones
                 sft_rows, metarm_rows = sft_rows + len(s_chats), metarm_rows + len(m_chats)
-                while len(pending) > 2:  # the previous slice's writes
-                    pending.popleft().result()
-            pending.append(sft_writer.submit(sft_out.close))
-            pending.append(meta_writer.submit(meta_out.close))
+                lanes.wait(2)  # the previous slice's writes
+            lanes.submit("sft", sft_out.close)
+            lanes.submit("metarm", meta_out.close)
             n_traj += len(t)
             now = time.monotonic()
             if now - last_line >= PROGRESS_EVERY_S or i + 1 == len(chunks):
-                last_line, elapsed = now, time.time() - timer.start
+                last_line, elapsed = now, time.time() - report.timer.start
                 eta = f", eta {fmt_duration(elapsed * (len(chunks) - i - 1) / (i + 1))}" if i + 1 < len(chunks) else ""
-                print(f"[{job}] chunk {i + 1}/{len(chunks)}: {samples} samples, {n_traj} trajectories ({n_traj / elapsed:,.0f}/s), "
-                      f"{sft_rows} SFT rows, {metarm_rows} meta-RM rows, {fmt_duration(elapsed)}{eta}", file=stream, flush=True)
-        while pending:
-            pending.popleft().result()
-    except BaseException:
-        for executor in executors:  # stop what is queued; a failed run writes no more
-            executor.shutdown(wait=True, cancel_futures=True)
-        raise
-    for executor in executors:
-        executor.shutdown()
-    timer.mark("filtered")
+                report.say(f"chunk {i + 1}/{len(chunks)}: {samples} samples, {n_traj} trajectories ({n_traj / elapsed:,.0f}/s), "
+                           f"{sft_rows} SFT rows, {metarm_rows} meta-RM rows, {fmt_duration(elapsed)}{eta}")
+    report.mark("filtered")
 
-    invalid = sum(src.quarantine_counts().values())
+    # The funnel: every sample read has one outcome, and the samples `sample` quarantined are
+    # `invalid`; samples in (the sampling run's own count when its manifest says) = all of them.
+    quarantine_reasons = src.quarantine_counts()
+    invalid = sum(quarantine_reasons.values())
     outcomes["invalid"] = invalid
     rows_in = samples + invalid
     manifest_path = storage.join(src.path, "_manifest.json")
     if src.fs.exists(manifest_path):
         with src.fs.open(manifest_path, "r") as f:
             rows_in = json.load(f).get("counts", {}).get("rows_in", rows_in)
+    o = {k: outcomes.get(k, 0) for k in arrow.OUTCOMES}
+    counts = {
+        "rows_in": rows_in,
+        "rows_out": o["accepted"],
+        "quarantined": invalid,
+        "quarantine_reasons": quarantine_reasons,
+        "dropped": {k: o[k] for k in ("too_easy", "no_correct") if o[k]},
+        "rows_written": sft_rows,
+    }
     funnel = {
         "rows_in": rows_in,
-        "outcomes": {k: outcomes.get(k, 0) for k in arrow.OUTCOMES},
-        "reconciled": rows_in == sum(outcomes.get(k, 0) for k in arrow.OUTCOMES),
+        "outcomes": o,
+        "reconciled": reconcile(counts),
         "accepted_trajectories_per_sample": {str(k): v for k, v in sorted(accepted_per_sample.items())},
         "trajectories": n_traj,
         "trajectory_verdicts": dict(sorted(verdict_counts.items())),
@@ -316,28 +337,22 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
         "metarm_label_balance": labels_balance,
         "hint": cfg.hint,
     }
-    elapsed = time.time() - timer.start
-    common = {"job": job, "config": to_dict(cfg), "versions": package_versions(), "template": template.name,
-              "funnel": funnel, "timings_s": timer.marks,
-              "throughput": {"trajectories_per_s": round(n_traj / max(timer.marks["filtered"], 1e-9), 1)}}
-    sft.write_manifest({**common, "schema": "sft", "output": sft.display(), "rows": sft_rows})
-    metarm.write_manifest({**common, "schema": "metarm", "output": metarm.display(), "rows": metarm_rows})
-    storage.write_text_atomic(root.fs, storage.join(root.path, "funnel.json"), json.dumps(funnel, indent=2))
-    o = funnel["outcomes"]
-    print(
-        f"[{job}] done in {fmt_duration(elapsed)}: {rows_in} samples -> accepted {o['accepted']}, too_easy {o['too_easy']}, "
-        f"no_correct {o['no_correct']}, invalid {o['invalid']}" + ("" if funnel["reconciled"] else " (DO NOT RECONCILE)"),
-        file=stream,
-    )
+    funnel_path = storage.join(root.path, FUNNEL)
+    storage.write_text_atomic(root.fs, funnel_path, json.dumps(funnel, indent=2))
+    throughput = {"trajectories_per_s": round(n_traj / max(report.timer.marks["filtered"], 1e-9), 1)}
+    common = {"template": template.name, "funnel": funnel}
+    # The meta-RM corpus: one row per trajectory read, hinted ones left out unless asked for.
+    left_out = 0 if cfg.metarm_include_hinted else hinted
+    meta_report.finish({"rows_in": n_traj, "rows_out": metarm_rows, "quarantined": 0, "dropped": {"hinted": left_out} if left_out else {}},
+                       throughput=throughput, extra={**common, "rows": metarm_rows}, quiet=True)
     rejected = {k: v for k, v in funnel["trajectory_verdicts"].items() if k != "accepted"}
-    print(
-        f"[{job}] {n_traj} trajectories: {verdict_counts.get('accepted', 0)} accepted ({hinted_kept} hinted), rejected: "
+    manifest = report.finish(counts, throughput=throughput, extra={**common, "rows": sft_rows}, lines=[
+        f"{n_traj} trajectories: {verdict_counts.get('accepted', 0)} accepted ({hinted_kept} hinted), rejected: "
         + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"),
-        file=stream,
-    )
-    print(f"[{job}] meta-RM labels: {labels_balance['1']} correct / {labels_balance['0']} incorrect", file=stream)
-    print(f"[{job}] output: {sft.display()} ({sft_rows} rows), {metarm.display()} ({metarm_rows} rows), funnel: {root.display(storage.join(root.path, 'funnel.json'))}", file=stream)
-    return {"funnel": funnel, "sft": sft.display(), "metarm": metarm.display()}
+        f"meta-RM corpus: {metarm.display()} ({metarm_rows} rows: {labels_balance['1']} correct / {labels_balance['0']} incorrect)",
+        f"funnel: {root.display(funnel_path)}",
+    ])
+    return {"funnel": funnel, "sft": sft.display(), "metarm": metarm.display(), "manifest": manifest}
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

@@ -43,7 +43,7 @@ LEASE_BEAT_S = 10.0  # a live run rewrites its lease this often ...
 LEASE_STALE_S = 45.0  # ... and one not rewritten for this long is a dead run's (another host's)
 # Settings whose values are paths: recorded and compared resolved, so `samples.parquet` and
 # `/home/me/samples.parquet` are the same run.
-PATH_SETTINGS = ("input", "model", "samples", "meta_rm", "state")
+PATH_SETTINGS = ("input", "model", "samples", "meta_rm", "state", "greedy")
 # The names by which a directory is recognisably tribunal's own output (what --overwrite may delete).
 OWN_NAMES = (RUN_FILE, MANIFEST, storage.COMMITS, LEASE)
 
@@ -313,6 +313,12 @@ class OutputDir:
                     pass
 
         threading.Thread(target=beat, name="tribunal-lease", daemon=True).start()
+
+    def hold(self) -> None:
+        """Hold an existing output for a job that edits it in place (``compact``) without a new
+        run record: refused in one line while a live run writes it; ``release`` ends the hold."""
+        self._check_lease()
+        self._take_lease()
 
     def release(self) -> None:
         """End this run's hold on the output (the lease goes)."""

@@ -74,11 +74,13 @@ class RunReport:
 
     def finish(self, counts: dict[str, Any], *, this_run: dict | None = None, throughput: dict | None = None,
                extra: dict | None = None, lines: tuple[str, ...] | list[str] = (), reconcile_note: str | None = None,
-               manifest_path: str | None = None) -> dict:
+               manifest_path: str | None = None, quiet: bool = False) -> dict:
         """Write the manifest and print the done, extra, reconcile and output lines; returns the manifest.
 
         ``counts`` must hold ``REQUIRED``; ``reconciled`` is computed here. ``extra``: job-specific
         top-level manifest keys. ``lines``: job-specific summary lines (printed after the done line).
+        ``quiet``: write the manifest and release the output, print nothing (a second output of a
+        job whose summary another report prints: rft-filter's meta-RM corpus).
         """
         from tribunal.jobs.pipeline.config import to_dict
 
@@ -108,6 +110,9 @@ class RunReport:
             **(extra or {}),
         }
         path = self.out.write_manifest(manifest, manifest_path)
+        if quiet:
+            self.out.release()
+            return manifest
         self.say(self.done_line(counts, elapsed))
         for line in lines:
             self.say(line)

@@ -50,7 +50,9 @@ def test_verl(tmp_path):
 def test_openrlhf(tmp_path):
     m = run(ExportConfig(input=str(scored(tmp_path)), output=str(tmp_path / "o"), format="openrlhf"))
     t = pq.read_table(tmp_path / "o" / "part-00000.parquet")
-    assert t.schema == EXPORT_SCHEMAS["openrlhf"] and m["counts"] == {"rollouts_in": 6, "rows": 5, "no_reward": 1}
+    counts = m["counts"]
+    assert t.schema == EXPORT_SCHEMAS["openrlhf"] and (counts["rollouts_in"], counts["rows"], counts["no_reward"]) == (6, 5, 1)
+    assert counts["dropped"] == {"no_reward": 1} and counts["reconciled"]
     assert t.column("output").to_pylist() == ["ra0", "ra2", "rb0", "rb1", "rb2"]
     assert t.column("reward").to_pylist() == [0.5, 0.5, 0.2, 0.9, 0.2]
     assert t.column("input").to_pylist()[2] == [{"role": "user", "content": "Q b"}]

@@ -162,12 +162,12 @@ def test_kept_rows_are_the_input_rows_with_the_input_types(tmp_path, extra):
     schema stored), by the pyarrow writer for types polars would not round-trip (a timestamp)."""
     import pyarrow.compute as pc
 
-    from tribunal.jobs import filter as flt
+    from tribunal.jobs.pipeline import files
 
     table = synthetic_rollouts(200, per_prompt=4, seed=2)
     if extra:
         table = table.append_column("seen_at", pa.array(range(table.num_rows), pa.int64()).cast(pa.timestamp("ms", tz="UTC")))
-    assert flt._polars_writes_exactly(table.schema) is (extra is None)
+    assert files.polars_writes_exactly(table.schema) is (extra is None)
     src = _write(tmp_path, table)
     run(FilterConfig(input=str(src), output=str(tmp_path / "kept"), step_prompts=16, warmup_steps=1))
     dec = pl.read_parquet(tmp_path / "kept" / "_prompts" / "*.parquet").filter(pl.col(c.KEPT))
