@@ -156,3 +156,33 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
     assert a == ev.bootstrap_interval(vals, 500, seed=1)
     assert a[0] < 0.7 < a[1] and math.isclose(a[1] - a[0], 2 * 1.96 * math.sqrt(0.21 / 100), rel_tol=0.25)
     assert ev.bootstrap_interval(vals, 0, seed=1) is None
+
+
+def test_console_has_greedy_one_parse_failure_figure_and_rewardbench_coverage(tmp_path):
+    """The console says what report.md says: greedy accuracy, one parse-failure figure (every
+    trajectory read; the per-k rates are labelled as of the first k), and RewardBench's Overall with
+    how many of its 23 subsets it covers (console, report.md and metrics.json)."""
+    import io
+
+    rows = judge_rows(40, 4, p_right=0.8, seed=4, n_choices=(2,))
+    subsets = ["alpacaeval-easy", "llmbar-natural", "refusals-dangerous", "math-prm"]
+    pq.write_table(pa.table({c.ID: [f"s{s:04d}" for s in range(40)], "subset": [subsets[s % 4] for s in range(40)]}), tmp_path / "samples.parquet")
+    greedy = write(tmp_path / "g", judge_rows(40, 1, p_right=0.9, seed=5, n_choices=(2,)))
+    err = io.StringIO()
+    res = ev.run(ev.EvalConfig(input=write(tmp_path / "t", rows), output=str(tmp_path / "r"), samples=str(tmp_path / "samples.parquet"),
+                               greedy=greedy, bootstrap=0), stream=err)
+    lines = err.getvalue().splitlines()
+    failures = sum(r[c.SCORES] is None for r in rows)
+    figure = f"parse failures: {100 * failures / 160:.1f}% of 160 trajectories (no_scores {failures})"
+    assert [line for line in lines if "parse failures" in line] == [f"[eval] {figure}"], lines
+    assert f"[eval] greedy (temperature 0): accuracy {100 * res['greedy']['accuracy_random']:.1f}%" in err.getvalue()
+    overall = f"Overall {100 * res['rewardbench']['Overall']:.1f} (4 of 23 subsets: partial)"
+    assert any(line.startswith("[eval] RewardBench: ") and line.endswith(overall) for line in lines), lines
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"| Overall | {100 * res['rewardbench']['Overall']:.1f} (4 of 23 subsets: partial) |" in report
+    assert "parse failures (of the first k)" in report and figure[1:] in report
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["rewardbench_coverage"]["text"] == "4 of 23 subsets: partial" and saved["rewardbench_coverage"]["partial"] is True
+    assert saved["parse_failures"]["failures"] == failures and saved["parse_failures"]["trajectories"] == 160
+    manifest = json.loads((tmp_path / "r" / "_manifest.json").read_text())
+    assert manifest["counts"]["rows_in"] == 40 == manifest["counts"]["rows_out"] and manifest["counts"]["reconciled"]

@@ -175,3 +175,20 @@ def test_kept_rows_are_the_input_rows_with_the_input_types(tmp_path, extra):
     kept = pq.read_table(tmp_path / "kept" / "part-00000.parquet")
     assert 0 < kept.num_rows < table.num_rows
     assert kept.schema == table.schema and kept.equals(want)
+
+
+def test_console_formats_the_threshold(tmp_path):
+    """No raw Python values on the console: the EMA with four significant digits, a fixed
+    threshold as such (it used to print `ema None` and `ema 2.918805865146921`)."""
+    import io
+    import re
+
+    src = _write(tmp_path, synthetic_rollouts(64, per_prompt=4, seed=4))
+    err = io.StringIO()
+    m = run(FilterConfig(input=str(src), output=str(tmp_path / "a"), step_prompts=8), stream=err)
+    ema = m["final_state"]["ema"]
+    assert f"ema {ema:.4g} (threshold {0.5 * ema:.4g}) after 8 steps" in err.getvalue()
+    err = io.StringIO()
+    run(FilterConfig(input=str(src), output=str(tmp_path / "b"), std_min=0.05, step_prompts=64), stream=err)
+    assert "fixed threshold 0.05 after 1 step;" in err.getvalue()
+    assert "None" not in err.getvalue() and not re.search(r"\d\.\d{6,}", err.getvalue())

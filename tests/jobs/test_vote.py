@@ -199,3 +199,50 @@ def test_k_meta_needs_meta_scores(tmp_path):
     d = write_shards(tmp_path, synthetic_trajectories(10, 2))
     with pytest.raises(TribunalError, match="no 'meta_score' column"):
         vote.run(vote.VoteConfig(input=str(d), output=str(tmp_path / "v"), k=2, k_meta=1))
+
+
+def test_vote_refuses_another_k_into_the_same_output_and_overwrite_replaces_it(tmp_path, capsys):
+    """A vote output voted with --k 1 is not silently replaced by a run with --k 4: refused in one
+    line, then replaced with --overwrite (a flag, like sample's); the same settings recompute."""
+    from tribunal.jobs.cli import run_main
+
+    d = write_shards(tmp_path, synthetic_trajectories(30, 4))
+    out = tmp_path / "votes"
+
+    def ks() -> set[int]:
+        return set(pa.concat_tables(pq.read_table(p) for p in out.glob("part-*.parquet"))[c.K].to_pylist())
+
+    assert run_main("vote", ["--input", str(d), "--output", str(out), "--k", "1"]) == 0
+    assert run_main("vote", ["--input", str(d), "--output", str(out), "--k", "1"]) == 0 and ks() == {1}
+    capsys.readouterr()
+    assert run_main("vote", ["--input", str(d), "--output", str(out), "--k", "4"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "holds a run with k=1, this one has k=4" in err[0] and "--overwrite" in err[0], err
+    assert ks() == {1}
+    assert run_main("vote", ["--input", str(d), "--output", str(out), "--k", "4", "--overwrite"]) == 0
+    assert ks() == {4}
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["settings"]["k"] == 4 and manifest["counts"]["reconciled"] and manifest["counts"]["rows_out"] == 30
+
+
+def test_guided_vote_parse_failures_are_over_every_trajectory_considered(tmp_path):
+    """One parse-failure figure: with meta-RM guided voting, the share of failures among all k
+    trajectories considered (what `sample` reported), not among the k_meta kept (where a meta-RM
+    that ranks failures low would hide them)."""
+    rows = synthetic_trajectories(100, 4, seed=9, fail_rate=0.3)
+    for r in rows:
+        r[c.META_SCORE] = 0.1 if r[c.SCORES] is None else 0.9
+    d = tmp_path / "traj"
+    d.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow.TRAJECTORY_SCORED), d / "part-0.parquet")
+    considered = [r for r in rows if not r[c.HINTED]]
+    failures = sum(r[c.SCORES] is None for r in considered)
+    import io
+
+    err = io.StringIO()
+    m = vote.run(vote.VoteConfig(input=str(d), output=str(tmp_path / "v"), k=4, k_meta=2), stream=err)
+    counts = m["counts"]
+    assert counts["guided"] and counts["trajectories_considered"] == len(considered) == 400
+    assert counts["parse_failures"] == failures and counts["parse_failure_rate"] == pytest.approx(failures / 400)
+    assert counts["trajectories_voted"] == 200 and counts["valid_voters"] > 200 - failures  # the meta-RM kept the parsed ones
+    assert f"parse failures: {100 * failures / 400:.1f}% of 400 trajectories" in err.getvalue()
