@@ -222,41 +222,32 @@ def threshold_text(cfg: FilterConfig, state: sf.FilterState) -> str:
     return f"ema {state.ema:.4g} (threshold {cfg.std_beta * state.ema:.4g})"
 
 
-def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
+def decide(cfg: FilterConfig, stats: pl.DataFrame, out, settings: dict, report, n_files: int) -> tuple[pl.DataFrame, sf.FilterState, int]:
+    """Every prompt's decision (``arrow.FILTER_DECISION`` rows, one per prompt in ``stats``), step
+    by step, resumable: the state is journalled after every step (``StepJournal``) and decisions
+    are committed under ``OUT/_prompts/`` every ``steps_per_shard`` steps. Returns the decisions,
+    the final state and the step this run resumed at."""
     from tribunal.cluster import storage
-    from tribunal.jobs.pipeline.files import stream_filter_by_key
     from tribunal.jobs.pipeline.journal import StepJournal
-    from tribunal.jobs.pipeline.outputs import OutputDir, input_files
+    from tribunal.jobs.pipeline.outputs import OutputDir
     from tribunal.jobs.pipeline.progress import fmt_duration
-    from tribunal.jobs.pipeline.report import RunReport, Units
 
-    out = OutputDir(cfg.output)
-    report = RunReport(job, KIND, cfg, out, Units(input="rollouts"), stream)
-    in_fs, files = input_files(cfg.input)
-    _check_columns(in_fs, files, cfg.reward_column)
-    settings = cfg.settings()
-    out.prepare_run(settings, cfg.overwrite, kind=KIND, inputs=[cfg.input] + ([cfg.state] if cfg.state else []))
     rule = cfg.rule()
-    seed = settings["seed_state"]
     decisions = OutputDir(storage.join(cfg.output, PROMPTS_DIR))
-    state_path = storage.join(out.path, STATE_FILE)
-
-    stats = prompt_stats(_scan(in_fs, files), cfg.reward_column)
-    report.mark("stats")
     n_prompts = len(stats)
     total_steps = -(-n_prompts // cfg.step_prompts)
-
-    journal = StepJournal(out.fs, state_path, storage.join(out.path, JOURNAL_FILE))
+    journal = StepJournal(out.fs, storage.join(out.path, STATE_FILE), storage.join(out.path, JOURNAL_FILE))
     saved = journal.load(settings, n_prompts)
     if saved is not None:
         state, done_steps = sf.FilterState.from_dict(saved[0]["state"]), int(saved[0]["steps_done"])
         pending = saved[1]  # [step, threshold] of the steps whose decisions are not committed yet
     else:  # a fresh run (or the input changed under an old state): start over
         decisions.reset_parts()
+        seed = settings["seed_state"]
         state, done_steps, pending = (sf.FilterState.from_dict(seed) if seed else sf.FilterState()), 0, []
     journal.start(settings, n_prompts, fresh=saved is None)
     resumed = done_steps
-    report.say(f"{n_prompts} prompts, {int(stats[c.N_ROLLOUTS].sum() or 0)} rollouts in {len(files)} file(s); "
+    report.say(f"{n_prompts} prompts, {int(stats[c.N_ROLLOUTS].sum() or 0)} rollouts in {n_files} file(s); "
                f"{total_steps} step{'s' if total_steps != 1 else ''} of {cfg.step_prompts} prompts"
                + (f", resuming at step {done_steps}" if done_steps else ""))
 
@@ -291,12 +282,29 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
             report.say(f"step {done_steps}/{total_steps} ({100 * done_steps / max(total_steps, 1):.0f}%), "
                        f"{threshold_text(cfg, state)}, {fmt_duration(time.time() - report.timer.start)}")
     journal.close()
-    report.mark("decided")
+    return pl.from_arrow(pa.concat_tables(tables) if tables else arrow.FILTER_DECISION.empty_table()), state, resumed
 
-    dec = pl.from_arrow(pa.concat_tables(tables) if tables else arrow.FILTER_DECISION.empty_table())
+
+def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
+    from tribunal.cluster import storage
+    from tribunal.jobs.pipeline.files import stream_filter_by_key
+    from tribunal.jobs.pipeline.outputs import OutputDir, input_files
+    from tribunal.jobs.pipeline.report import RunReport, Units
+
+    out = OutputDir(cfg.output)
+    report = RunReport(job, KIND, cfg, out, Units(input="rollouts"), stream)
+    in_fs, files = input_files(cfg.input)
+    _check_columns(in_fs, files, cfg.reward_column)
+    settings = cfg.settings()
+    out.prepare_run(settings, cfg.overwrite, kind=KIND, inputs=[cfg.input] + ([cfg.state] if cfg.state else []))
+
+    stats = prompt_stats(_scan(in_fs, files), cfg.reward_column)
+    report.mark("stats")
+    dec, state, resumed = decide(cfg, stats, out, settings, report, len(files))
+    report.mark("decided")
     kept_ids = dec.filter(pl.col(c.KEPT))[c.PROMPT_ID]
     kept_rows = stream_filter_by_key(in_fs, files, out.fs, storage.join(out.path, KEPT_SHARD), c.PROMPT_ID, kept_ids,
-                                     dictionary_columns=DICTIONARY_COLUMNS) if n_prompts else 0
+                                     dictionary_columns=DICTIONARY_COLUMNS) if len(stats) else 0
     report.mark("written")
 
     # The rollouts reconcile: those in = those written + those of every dropped prompt, by reason
@@ -308,18 +316,19 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
     rollouts_in = int(stats[c.N_ROLLOUTS].sum() or 0)
     kept_prompts = sum(by_reason[r] for r in sf.KEEP_REASONS)
     dropped_reasons = [r for r in sf.REASONS if r not in sf.KEEP_REASONS]
+    steps = -(-len(stats) // cfg.step_prompts)
     counts = {
         "rows_in": rollouts_in,
         "rows_out": kept_rows,
         "quarantined": 0,
         "dropped": {r: rollouts_by_reason[r] for r in dropped_reasons if rollouts_by_reason[r]},
-        "prompts_in": n_prompts,
+        "prompts_in": len(stats),
         "rollouts_in": rollouts_in,
         "prompts_kept": kept_prompts,
         "rollouts_kept": kept_rows,
         "prompts_by_reason": by_reason,
         "rollouts_by_reason": rollouts_by_reason,
-        "steps": total_steps,
+        "steps": steps,
     }
     dropped = ", ".join(f"{r} {by_reason[r]}" for r in dropped_reasons if by_reason[r])
     return report.finish(
@@ -327,10 +336,10 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
         this_run={"resumed_at_step": resumed},
         throughput={"rollouts_per_s": round(rollouts_in / max(report.timer.marks["written"], 1e-9), 1)},
         extra={"final_state": state.to_dict()},
-        lines=[f"prompts: {n_prompts} in -> {kept_prompts} kept ({by_reason[sf.WARMUP]} in warm-up), "
-               f"{n_prompts - kept_prompts} dropped" + (f" ({dropped})" if dropped else ""),
-               f"{threshold_text(cfg, state)} after {total_steps} step{'s' if total_steps != 1 else ''}; "
-               f"state: {out.display(state_path)}"],
+        lines=[f"prompts: {len(stats)} in -> {kept_prompts} kept ({by_reason[sf.WARMUP]} in warm-up), "
+               f"{len(stats) - kept_prompts} dropped" + (f" ({dropped})" if dropped else ""),
+               f"{threshold_text(cfg, state)} after {steps} step{'s' if steps != 1 else ''}; "
+               f"state: {out.display(storage.join(out.path, STATE_FILE))}"],
     )
 
 

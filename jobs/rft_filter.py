@@ -30,7 +30,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -197,9 +197,103 @@ def _template_of(src: OutputDir, explicit: str | None):
     raise TribunalError(f"{src.display()}: no {RUN_FILE} says which template was used: pass --template")
 
 
+@dataclass
+class Tally:
+    """What the filter saw and wrote, summed over the chunks."""
+
+    samples: int = 0
+    trajectories: int = 0
+    hinted: int = 0
+    hinted_kept: int = 0
+    sft_rows: int = 0
+    metarm_rows: int = 0
+    outcomes: dict = field(default_factory=dict)  # per sample
+    verdicts: dict = field(default_factory=dict)  # per trajectory
+    accepted_per_sample: dict = field(default_factory=dict)  # accepted trajectories -> samples
+    labels: dict = field(default_factory=lambda: {"0": 0, "1": 0})  # meta-RM rows by label
+
+    def judged(self, t: pl.DataFrame, per_sample: pl.DataFrame) -> None:
+        """A chunk's verdicts (``verdicts``' two frames)."""
+        self.samples += len(per_sample)
+        self.trajectories += len(t)
+        _count_into(self.outcomes, per_sample[c.OUTCOME])
+        for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("accepted").len().iter_rows():
+            self.accepted_per_sample[int(n_acc)] = self.accepted_per_sample.get(int(n_acc), 0) + int(cnt)
+        _count_into(self.verdicts, t[c.VERDICT])
+        self.hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
+        self.hinted += int(t[c.HINTED].sum())
+
+    def written(self, s_chats, m_chats) -> None:
+        """A block of corpus rows (``render_frame.Chats``)."""
+        import pyarrow.compute as pc
+
+        ones = int(pc.sum(m_chats.kept[c.LABEL]).as_py() or 0)
+        self.labels["1"] += ones
+        self.labels["0"] += len(m_chats) - ones
+        self.sft_rows += len(s_chats)
+        self.metarm_rows += len(m_chats)
+
+
 def _count_into(acc: dict, series: pl.Series) -> None:
     for k, v in series.value_counts().iter_rows():
         acc[k] = acc.get(k, 0) + int(v)
+
+
+def write_corpora(cfg: RftFilterConfig, src: OutputDir, files: list[str], template, sft: OutputDir, metarm: OutputDir, report) -> Tally:
+    """Judge the trajectories chunk by chunk and write both corpora, one shard per chunk each.
+
+    Four lanes (polars, Arrow and Parquet release the GIL): one reads and judges the next chunk;
+    one evaluates the prompt pieces of the next ``render_rows`` rows (polars, where fixed costs per
+    call make large blocks pay); two join each corpus's pieces into chats and write them
+    ``row_group_rows`` at a time (Arrow, Parquet), in order, so a row group is written while it is
+    still in cache. A few blocks are alive at most: memory stays bounded.
+    """
+    from tribunal.cluster import storage
+    from tribunal.jobs.pipeline.files import Lanes, chunk_files
+    from tribunal.jobs.pipeline.progress import fmt_duration
+    from tribunal.jobs.pipeline.stages import shard_name
+
+    tally, seen = Tally(), SeenIds()
+    chunks = chunk_files(src.fs, files, cfg.chunk_rows)
+
+    def judge(chunk: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        traj = src.read_polars(chunk, list(FILTER_INPUT))
+        unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
+        if len(unlabelled):
+            raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
+        return verdicts(traj, cfg.hint)
+
+    last_line = time.monotonic()
+    with Lanes("read", "render", "sft", "metarm") as lanes:
+        for i, (t, per_sample) in enumerate(lanes.prefetch("read", judge, chunks)):
+            dup = seen.add(per_sample[c.ID])
+            if dup is not None:
+                raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
+            tally.judged(t, per_sample)
+            ids = per_sample[c.ID]
+            name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
+            sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
+            meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
+
+            def pieces(lo: int, t=t):
+                part = t.slice(lo, cfg.render_rows)
+                return sft_chats(part, template), metarm_chats(part, cfg.metarm_include_hinted)
+
+            for s_chats, m_chats in lanes.map("render", pieces, range(0, len(t), cfg.render_rows), ahead=1):
+                lanes.submit("sft", _write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows)
+                lanes.submit("metarm", _write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows)
+                tally.written(s_chats, m_chats)
+                lanes.wait(2)  # the previous slice's writes
+            lanes.submit("sft", sft_out.close)
+            lanes.submit("metarm", meta_out.close)
+            now = time.monotonic()
+            if now - last_line >= PROGRESS_EVERY_S or i + 1 == len(chunks):
+                last_line, elapsed = now, time.time() - report.timer.start
+                eta = f", eta {fmt_duration(elapsed * (len(chunks) - i - 1) / (i + 1))}" if i + 1 < len(chunks) else ""
+                report.say(f"chunk {i + 1}/{len(chunks)}: {tally.samples} samples, {tally.trajectories} trajectories "
+                           f"({tally.trajectories / elapsed:,.0f}/s), {tally.sft_rows} SFT rows, {tally.metarm_rows} meta-RM rows, "
+                           f"{fmt_duration(elapsed)}{eta}")
+    return tally
 
 
 def _check_run_root(root: OutputDir, inputs: list[str]) -> None:
@@ -221,14 +315,20 @@ def _check_run_root(root: OutputDir, inputs: list[str]) -> None:
         )
 
 
-def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
-    import pyarrow.compute as pc
-
+def _samples_in(src: OutputDir, read: int, invalid: int) -> int:
+    """Samples in: the sampling run's own count when its manifest says, else those read + invalid."""
     from tribunal.cluster import storage
-    from tribunal.jobs.pipeline.files import Lanes, chunk_files
-    from tribunal.jobs.pipeline.progress import fmt_duration
+
+    path = storage.join(src.path, "_manifest.json")
+    if src.fs.exists(path):
+        with src.fs.open(path, "r") as f:
+            return json.load(f).get("counts", {}).get("rows_in", read + invalid)
+    return read + invalid
+
+
+def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
+    from tribunal.cluster import storage
     from tribunal.jobs.pipeline.report import RunReport, Units, reconcile
-    from tribunal.jobs.pipeline.stages import shard_name
 
     root = OutputDir(cfg.output)
     sft, metarm = OutputDir(storage.join(cfg.output, "sft")), OutputDir(storage.join(cfg.output, "metarm"))
@@ -242,114 +342,43 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     for corpus in (sft, metarm):
         corpus.reset_parts()  # a reducer recomputes everything: the same settings give the same corpora
 
-    outcomes: dict[str, int] = {}
-    verdict_counts: dict[str, int] = {}
-    accepted_per_sample: dict[int, int] = {}
-    hinted_kept = hinted = 0
-    labels_balance = {"0": 0, "1": 0}
-    sft_rows = metarm_rows = n_traj = 0
-    seen = SeenIds()
-    samples = 0
-    chunks = chunk_files(src.fs, files, cfg.chunk_rows)
-
-    def prepare(chunk: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-        traj = src.read_polars(chunk, list(FILTER_INPUT))
-        unlabelled = traj.filter(pl.col(c.CORRECT).is_null())
-        if len(unlabelled):
-            raise TribunalError(f"sample {unlabelled[c.ID][0]!r} has no labels: rft-filter needs labelled trajectories")
-        return verdicts(traj, cfg.hint)
-
-    # Four lanes (polars, Arrow and Parquet release the GIL): one reads and judges the next chunk;
-    # one evaluates the prompt pieces of the next `render_rows` rows (polars, where fixed costs per
-    # call make large blocks pay); two join each corpus's pieces into chats and write them
-    # `row_group_rows` at a time (Arrow, Parquet), in order, so a row group is written while it
-    # is still in cache. A few blocks are alive at most: memory stays bounded.
-    last_line = time.monotonic()
-    with Lanes("read", "render", "sft", "metarm") as lanes:
-        for i, (t, per_sample) in enumerate(lanes.prefetch("read", prepare, chunks)):
-            dup = seen.add(per_sample[c.ID])
-            if dup is not None:
-                raise TribunalError(f"sample {dup!r} has trajectories in more than one chunk of {cfg.input}: each sample's trajectories must be in one shard")
-            samples += len(per_sample)
-            ids = per_sample[c.ID]
-            _count_into(outcomes, per_sample[c.OUTCOME])
-            for n_acc, cnt in per_sample.filter(pl.col(c.OUTCOME) == "accepted").group_by("accepted").len().iter_rows():
-                accepted_per_sample[int(n_acc)] = accepted_per_sample.get(int(n_acc), 0) + int(cnt)
-            _count_into(verdict_counts, t[c.VERDICT])
-            hinted_kept += len(t.filter(pl.col(c.HINTED) & (pl.col(c.VERDICT) == "accepted")))
-            hinted += int(t[c.HINTED].sum())
-            name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
-            sft_out = storage.ParquetShardWriter(sft.fs, storage.join(sft.path, name), arrow.SFT, **CORPUS_PARQUET)
-            meta_out = storage.ParquetShardWriter(metarm.fs, storage.join(metarm.path, name), arrow.METARM, **CORPUS_PARQUET)
-
-            def pieces(lo: int, t=t):
-                part = t.slice(lo, cfg.render_rows)
-                return sft_chats(part, template), metarm_chats(part, cfg.metarm_include_hinted)
-
-            for s_chats, m_chats in lanes.map("render", pieces, range(0, len(t), cfg.render_rows), ahead=1):
-                lanes.submit("sft", _write, sft_out, s_chats, arrow.SFT, cfg.row_group_rows)
-                lanes.submit("metarm", _write, meta_out, m_chats, arrow.METARM, cfg.row_group_rows)
-                ones = int(pc.sum(m_chats.kept[c.LABEL]).as_py() or 0)
-                labels_balance["1"] += ones
-                labels_balance["0"] += len(m_chats) - ones
-                sft_rows, metarm_rows = sft_rows + len(s_chats), metarm_rows + len(m_chats)
-                lanes.wait(2)  # the previous slice's writes
-            lanes.submit("sft", sft_out.close)
-            lanes.submit("metarm", meta_out.close)
-            n_traj += len(t)
-            now = time.monotonic()
-            if now - last_line >= PROGRESS_EVERY_S or i + 1 == len(chunks):
-                last_line, elapsed = now, time.time() - report.timer.start
-                eta = f", eta {fmt_duration(elapsed * (len(chunks) - i - 1) / (i + 1))}" if i + 1 < len(chunks) else ""
-                report.say(f"chunk {i + 1}/{len(chunks)}: {samples} samples, {n_traj} trajectories ({n_traj / elapsed:,.0f}/s), "
-                           f"{sft_rows} SFT rows, {metarm_rows} meta-RM rows, {fmt_duration(elapsed)}{eta}")
+    tally = write_corpora(cfg, src, files, template, sft, metarm, report)
     report.mark("filtered")
 
-    # The funnel: every sample read has one outcome, and the samples `sample` quarantined are
-    # `invalid`; samples in (the sampling run's own count when its manifest says) = all of them.
+    # The funnel: every sample read has one outcome; the samples `sample` quarantined are invalid.
     quarantine_reasons = src.quarantine_counts()
     invalid = sum(quarantine_reasons.values())
-    outcomes["invalid"] = invalid
-    rows_in = samples + invalid
-    manifest_path = storage.join(src.path, "_manifest.json")
-    if src.fs.exists(manifest_path):
-        with src.fs.open(manifest_path, "r") as f:
-            rows_in = json.load(f).get("counts", {}).get("rows_in", rows_in)
-    o = {k: outcomes.get(k, 0) for k in arrow.OUTCOMES}
-    counts = {
-        "rows_in": rows_in,
-        "rows_out": o["accepted"],
-        "quarantined": invalid,
-        "quarantine_reasons": quarantine_reasons,
-        "dropped": {k: o[k] for k in ("too_easy", "no_correct") if o[k]},
-        "rows_written": sft_rows,
-    }
+    o = {k: tally.outcomes.get(k, 0) for k in arrow.OUTCOMES} | {"invalid": invalid}
+    counts = {"rows_in": _samples_in(src, tally.samples, invalid), "rows_out": o["accepted"], "quarantined": invalid,
+              "quarantine_reasons": quarantine_reasons, "dropped": {k: o[k] for k in ("too_easy", "no_correct") if o[k]},
+              "rows_written": tally.sft_rows}
     funnel = {
-        "rows_in": rows_in,
+        "rows_in": counts["rows_in"],
         "outcomes": o,
         "reconciled": reconcile(counts),
-        "accepted_trajectories_per_sample": {str(k): v for k, v in sorted(accepted_per_sample.items())},
-        "trajectories": n_traj,
-        "trajectory_verdicts": dict(sorted(verdict_counts.items())),
-        "hinted_kept": hinted_kept,
-        "sft_rows": sft_rows,
-        "metarm_rows": metarm_rows,
-        "metarm_label_balance": labels_balance,
+        "accepted_trajectories_per_sample": {str(k): v for k, v in sorted(tally.accepted_per_sample.items())},
+        "trajectories": tally.trajectories,
+        "trajectory_verdicts": dict(sorted(tally.verdicts.items())),
+        "hinted_kept": tally.hinted_kept,
+        "sft_rows": tally.sft_rows,
+        "metarm_rows": tally.metarm_rows,
+        "metarm_label_balance": tally.labels,
         "hint": cfg.hint,
     }
     funnel_path = storage.join(root.path, FUNNEL)
     storage.write_text_atomic(root.fs, funnel_path, json.dumps(funnel, indent=2))
-    throughput = {"trajectories_per_s": round(n_traj / max(report.timer.marks["filtered"], 1e-9), 1)}
+    throughput = {"trajectories_per_s": round(tally.trajectories / max(report.timer.marks["filtered"], 1e-9), 1)}
     common = {"template": template.name, "funnel": funnel}
     # The meta-RM corpus: one row per trajectory read, hinted ones left out unless asked for.
-    left_out = 0 if cfg.metarm_include_hinted else hinted
-    meta_report.finish({"rows_in": n_traj, "rows_out": metarm_rows, "quarantined": 0, "dropped": {"hinted": left_out} if left_out else {}},
-                       throughput=throughput, extra={**common, "rows": metarm_rows}, quiet=True)
-    rejected = {k: v for k, v in funnel["trajectory_verdicts"].items() if k != "accepted"}
-    manifest = report.finish(counts, throughput=throughput, extra={**common, "rows": sft_rows}, lines=[
-        f"{n_traj} trajectories: {verdict_counts.get('accepted', 0)} accepted ({hinted_kept} hinted), rejected: "
-        + (", ".join(f"{k} {v}" for k, v in rejected.items()) or "none"),
-        f"meta-RM corpus: {metarm.display()} ({metarm_rows} rows: {labels_balance['1']} correct / {labels_balance['0']} incorrect)",
+    left_out = 0 if cfg.metarm_include_hinted else tally.hinted
+    meta_report.finish({"rows_in": tally.trajectories, "rows_out": tally.metarm_rows, "quarantined": 0,
+                        "dropped": {"hinted": left_out} if left_out else {}},
+                       throughput=throughput, extra={**common, "rows": tally.metarm_rows}, quiet=True)
+    rejected = ", ".join(f"{k} {v}" for k, v in funnel["trajectory_verdicts"].items() if k != "accepted")
+    manifest = report.finish(counts, throughput=throughput, extra={**common, "rows": tally.sft_rows}, lines=[
+        f"{tally.trajectories} trajectories: {tally.verdicts.get('accepted', 0)} accepted ({tally.hinted_kept} hinted), "
+        f"rejected: {rejected or 'none'}",
+        f"meta-RM corpus: {metarm.display()} ({tally.metarm_rows} rows: {tally.labels['1']} correct / {tally.labels['0']} incorrect)",
         f"funnel: {root.display(funnel_path)}",
     ])
     return {"funnel": funnel, "sft": sft.display(), "metarm": metarm.display(), "manifest": manifest}

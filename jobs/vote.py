@@ -80,9 +80,75 @@ class VoteConfig:
         return {key: getattr(self, key) for key in keys}
 
 
-def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
-    import polars as pl
+@dataclass
+class VoteTally:
+    """What the vote read and wrote, summed over the chunks: the job's counts."""
 
+    k: int | None
+    guided: bool
+    samples_in: int = 0
+    votes: int = 0
+    read: int = 0  # trajectory rows read
+    considered: int = 0  # the first k non-hinted of each sample
+    failures: int = 0  # considered ones whose scores did not parse
+    voted: int = 0  # the trajectories that voted (guided: the k_meta kept)
+    valid: int = 0
+    abstained: int = 0
+    tied: int = 0
+    judged: int = 0
+    correct: int = 0
+    credit: float = 0.0
+
+    def add(self, traj, votes) -> None:
+        """A chunk: its trajectories (a polars DataFrame) and their votes (``vote_frame``)."""
+        import polars as pl
+
+        self.samples_in += _samples_in(traj[c.ID], len(votes))
+        self.read += len(traj)
+        if self.guided:  # the kept k_meta vote; the parse-failure figure is over all k considered
+            considered = ~traj[c.HINTED] if self.k is None else ~traj[c.HINTED] & (traj[c.SAMPLE_INDEX] < self.k)
+            self.considered += int(considered.sum())
+            self.failures += int((considered & traj[c.SCORES].is_null()).sum())
+        else:
+            self.considered += int(votes[c.K].sum())
+            self.failures += int(votes[c.K].sum() - votes[c.VALID].sum())
+        self.votes += len(votes)
+        self.voted += int(votes[c.K].sum())
+        self.valid += int(votes[c.VALID].sum())
+        self.abstained += int(votes[c.BEST].is_null().sum())
+        self.tied += int(votes[c.TIED].sum())
+        judged = votes.filter(pl.col(c.CREDIT).is_not_null())
+        self.judged += len(judged)
+        self.credit += float(judged[c.CREDIT].sum())
+        self.correct += int(judged[c.CORRECT].sum())
+
+    def counts(self, k_meta) -> dict:
+        """Every sample read gets a vote (an abstention when none of its trajectories parsed),
+        unless it has no trajectory to vote with (only hinted ones, none among the first k)."""
+        no_voter = self.samples_in - self.votes
+        return {
+            "rows_in": self.samples_in,
+            "rows_out": self.votes,
+            "quarantined": 0,
+            "dropped": {NO_VOTER: no_voter} if no_voter else {},
+            "samples": self.votes,
+            "trajectories_read": self.read,
+            "trajectories_considered": self.considered,
+            "trajectories_voted": self.voted,
+            "valid_voters": self.valid,
+            "parse_failures": self.failures,
+            "parse_failure_rate": self.failures / self.considered if self.considered else 0.0,
+            "abstained": self.abstained,
+            "tied": self.tied,
+            "judged": self.judged,
+            "accuracy": self.credit / self.judged if self.judged else None,
+            "correct": self.correct,
+            "guided": self.guided,
+            "k_meta": k_meta,
+        }
+
+
+def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
     from tribunal.cluster import storage
     from tribunal.jobs.pipeline.files import chunk_files
     from tribunal.jobs.pipeline.report import RunReport, Units, parse_failure_line
@@ -95,9 +161,7 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
     columns = list(VOTE_INPUT) + ([c.META_SCORE] if guided else [])
     out.prepare_run(cfg.settings(), cfg.overwrite, kind=KIND, inputs=[cfg.input])
     out.reset_parts()  # a reducer recomputes everything: the same settings give the same votes
-    seen = SeenIds()
-    totals = dict.fromkeys(("samples_in", "samples", "read", "considered", "failures", "voted", "valid", "abstained", "tied", "judged", "correct"), 0)
-    totals["credit"] = 0.0
+    seen, tally = SeenIds(), VoteTally(cfg.k, guided)
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
     for i, chunk in enumerate(chunks):
         traj = src.read_polars(chunk, columns)
@@ -112,58 +176,20 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
         if len(ids):
             name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
             storage.write_parquet_atomic(out.fs, storage.join(out.path, name), to_arrow_votes(votes), arrow.VOTE)
-        totals["samples_in"] += _samples_in(traj[c.ID], len(votes))
-        totals["read"] += len(traj)
-        if guided:  # the kept k_meta vote; the parse-failure figure is over all k considered
-            considered = ~traj[c.HINTED] if cfg.k is None else ~traj[c.HINTED] & (traj[c.SAMPLE_INDEX] < cfg.k)
-            totals["considered"] += int(considered.sum())
-            totals["failures"] += int((considered & traj[c.SCORES].is_null()).sum())
-        else:
-            totals["considered"] += int(votes[c.K].sum())
-            totals["failures"] += int(votes[c.K].sum() - votes[c.VALID].sum())
-        totals["samples"] += len(votes)
-        totals["voted"] += int(votes[c.K].sum())
-        totals["valid"] += int(votes[c.VALID].sum())
-        totals["abstained"] += int(votes[c.BEST].is_null().sum())
-        totals["tied"] += int(votes[c.TIED].sum())
-        judged = votes.filter(pl.col(c.CREDIT).is_not_null())
-        totals["judged"] += len(judged)
-        totals["credit"] += float(judged[c.CREDIT].sum())
-        totals["correct"] += int(judged[c.CORRECT].sum())
-        report.say(f"chunk {i + 1}/{len(chunks)}: {totals['samples']} samples voted")
+        tally.add(traj, votes)
+        report.say(f"chunk {i + 1}/{len(chunks)}: {tally.votes} samples voted")
     report.mark("voted")
-    considered = totals["considered"]
+
     k_meta = (cfg.k_meta or (grm_math.default_k_meta(cfg.k) if cfg.k else "ceil(count/2)")) if guided else None
-    counts = {
-        # every sample read gets a vote (an abstention when none of its trajectories parsed),
-        # unless it has no trajectory to vote with (only hinted ones, none among the first k)
-        "rows_in": totals["samples_in"],
-        "rows_out": totals["samples"],
-        "quarantined": 0,
-        "dropped": {NO_VOTER: totals["samples_in"] - totals["samples"]} if totals["samples_in"] > totals["samples"] else {},
-        "samples": totals["samples"],
-        "trajectories_read": totals["read"],
-        "trajectories_considered": considered,
-        "trajectories_voted": totals["voted"],
-        "valid_voters": totals["valid"],
-        "parse_failures": totals["failures"],
-        "parse_failure_rate": totals["failures"] / considered if considered else 0.0,
-        "abstained": totals["abstained"],
-        "tied": totals["tied"],
-        "judged": totals["judged"],
-        "accuracy": totals["credit"] / totals["judged"] if totals["judged"] else None,
-        "correct": totals["correct"],
-        "guided": guided,
-        "k_meta": k_meta,
-    }
+    counts = tally.counts(k_meta)
     acc = f", accuracy {100 * counts['accuracy']:.1f}% ({cfg.tie} ties, {counts['judged']} judged)" if counts["accuracy"] is not None else ""
     guide = f" (meta-RM guided: the {k_meta} with the highest meta score vote)" if guided else ""
+    considered = "" if tally.considered == tally.read else f" (the first k non-hinted of each sample, of {tally.read} read)"
     return report.finish(
         counts,
-        throughput={"trajectories_per_s": round(considered / max(report.timer.marks["voted"], 1e-9), 1)},
-        lines=[f"k={cfg.k or 'all'}{guide}: {counts['abstained']} abstained, {counts['tied']} tied{acc}",
-               parse_failure_line(totals["failures"], considered, {})
-               + (f" (the first k non-hinted of each sample, of {totals['read']} read)" if considered < totals["read"] else "")],
+        throughput={"trajectories_per_s": round(tally.considered / max(report.timer.marks["voted"], 1e-9), 1)},
+        lines=[f"k={cfg.k or 'all'}{guide}: {tally.abstained} abstained, {tally.tied} tied{acc}",
+               parse_failure_line(tally.failures, tally.considered, {}) + considered],
     )
 
 

@@ -204,9 +204,13 @@ class OutputDir:
             self.fs.invalidate_cache(self.path)
             previous = None
         if previous is not None:
-            before = canonical_settings(previous.get("settings", {}))
+            # Compared as recorded (resolved, then redacted: resolving a recorded value again
+            # would read a redacted directory, `<redacted>/x`, as relative), or resolved here for
+            # a record written before settings were stored resolved.
+            before = previous.get("settings", {})
+            legacy = redact.redact(canonical_settings(before))
             for key in sorted(set(before) | set(settings)):
-                if before.get(key) != settings.get(key):
+                if settings.get(key) not in (before.get(key), legacy.get(key)):
                     raise TribunalError(
                         f"{self.display()} holds a run with {key}={before.get(key)!r}, this one has "
                         f"{key}={settings.get(key)!r}: use another --output, or --overwrite to replace it"

@@ -178,3 +178,18 @@ def test_compact_refuses_an_output_a_live_run_holds(tmp_path):
         writer.wait()
     compact.run(compact.CompactConfig(input=str(out)), stream=io.StringIO())  # a dead run's lease holds nothing
     assert len(list(out.glob("part-*.parquet"))) == 1
+
+
+def test_a_rerun_from_the_working_directory_is_the_same_run(tmp_path, monkeypatch):
+    """Relative and absolute paths name one run, also when the working directory is long enough
+    to be scrubbed from records as `$PWD` (a recorded `<redacted>/traj` is not resolved again)."""
+    work = tmp_path / "a-long-working-directory"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PWD", str(work))
+    trajectories(work)
+    for inp in ("traj", str(work / "traj"), "traj"):
+        m = run_job("vote", inp, "votes")
+        assert m["counts"]["reconciled"]
+    with pytest.raises(TribunalError, match="holds a run with k=2, this one has k=3"):
+        run_job("vote", "traj", "votes", k=3)
