@@ -47,6 +47,10 @@ def _census(out: OutputDir) -> dict:
     return {"files": len(records), "bytes": sum(r.get("bytes", 0) for r in records), "rows": sum(r.get("rows", 0) for r in records)}
 
 
+def _files(census: dict) -> str:
+    return f"{census['files']} file{'s' if census['files'] != 1 else ''} ({census['bytes'] / 2**20:.1f} MiB)"
+
+
 def run(cfg: CompactConfig, *, stream=None) -> dict:
     from tribunal.cluster import storage
     from tribunal.jobs.pipeline.report import RunReport, Units
@@ -69,8 +73,7 @@ def run(cfg: CompactConfig, *, stream=None) -> dict:
     return report.finish(
         {"rows_in": before["rows"], "rows_out": after["rows"], "quarantined": 0},
         extra={"before": before, "after": after, "merged_files": merged, "garbage_removed": removed},
-        lines=[f"{before['files']} files ({before['bytes'] / 2**20:.1f} MiB) -> {after['files']} files ({after['bytes'] / 2**20:.1f} MiB); "
-               f"{removed} uncommitted or replaced files removed"],
+        lines=[f"{_files(before)} -> {_files(after)}; {removed} uncommitted or replaced file{'s' if removed != 1 else ''} removed"],
         manifest_path=storage.join(out.path, MANIFEST),
     )
 

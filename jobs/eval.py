@@ -351,7 +351,8 @@ def run(cfg: EvalConfig, *, stream=None) -> dict:
     result["plot"] = out.display(png)
 
     # Samples in = samples evaluated at the largest k (each in the accuracy, the n = 1 ROC-AUC, or
-    # neither: labels without a unique best) + samples with no trajectory to vote (only hinted).
+    # neither: labels without a unique best, or n = 1 and no score parsed) + samples with no
+    # trajectory to vote (only hinted ones).
     last = curves["voting"][ks[-1]]
     single = last.get("single_samples", 0)
     counts = {
