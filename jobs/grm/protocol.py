@@ -488,3 +488,29 @@ def parse_output(
     if error is not None and truncated:
         error = "truncated"
     return ParseResult(scores=scores, error=error, principles=principles, critique=critique)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a model directory records about its prompt template
+
+
+MODEL_RECORD = "tribunal_model.json"
+
+
+def model_templates(model_dir: str) -> dict[str, str]:
+    """The templates a model directory records in ``tribunal_model.json`` (what it was trained
+    on): ``{"template": ..., "template_single": ...}``, only the keys present; ``{}`` for a remote
+    path, a missing or malformed record. Never raises."""
+    import json
+    import os
+
+    if not model_dir or "://" in model_dir:
+        return {}
+    try:
+        with open(os.path.join(model_dir, MODEL_RECORD), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in ("template", "template_single") if isinstance(data.get(k), str) and data[k]}

@@ -204,9 +204,10 @@ class OutputDir:
             self.fs.invalidate_cache(self.path)
             previous = None
         if previous is not None:
-            before = canonical_settings(previous.get("settings", {}))
+            before = previous.get("settings", {})
+            resolved = canonical_settings(before)  # a record written before paths were resolved
             for key in sorted(set(before) | set(settings)):
-                if before.get(key) != settings.get(key):
+                if settings.get(key) not in (before.get(key), resolved.get(key)):
                     raise TribunalError(
                         f"{self.display()} holds a run with {key}={before.get(key)!r}, this one has "
                         f"{key}={settings.get(key)!r}: use another --output, or --overwrite to replace it"
