@@ -51,7 +51,7 @@ class MetaRmScoreConfig(EngineJobConfig):
         return {"input": self.input, "model": self.model}
 
 
-def build_stages(cfg: MetaRmScoreConfig, out: OutputDir, done_keys, tally=None) -> list[StagePlan]:
+def build_stages(cfg: MetaRmScoreConfig, out: OutputDir, done_keys, board=None) -> list[StagePlan]:
     """select (skip done, quarantine unreadable) -> rebatch -> score (actor pool) -> write, as plain
     data. Rebatching makes each engine call its own block, hence its own shard (the unit of resume)."""
     from tribunal.jobs.pipeline.metarm import SCORE_INPUT, MetaRmScoreStage, select_stage
@@ -62,7 +62,7 @@ def build_stages(cfg: MetaRmScoreConfig, out: OutputDir, done_keys, tally=None) 
             "done_keys": done_keys, "quarantine_dir": out.quarantine, "fs": out.fs, "run": out.run}}, needs=SCORE_INPUT),
         StagePlan("rebatch", None, {"target_num_rows_per_block": cfg.batch_size}, op="repartition"),
         StagePlan("score", MetaRmScoreStage, {"batch_format": "pyarrow", "batch_size": cfg.batch_size,
-                                              "fn_constructor_kwargs": {"engine_cfg": cfg.engine_config(), "tally": tally},
+                                              "fn_constructor_kwargs": {"engine_cfg": cfg.engine_config(), "board": board},
                                               **cfg.pool().map_batches_kwargs()},
                   needs=SCORE_INPUT, emits=tuple(arrow.TRAJECTORY_SCORED.names)),
         StagePlan("write", write_stage, {"batch_format": "pyarrow", "batch_size": None,
@@ -119,7 +119,7 @@ def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> di
     from tribunal.jobs.pipeline.metarm import SCORE_INPUT
     from tribunal.jobs.pipeline.progress import Progress
     from tribunal.jobs.pipeline.report import RunReport, Units
-    from tribunal.jobs.pipeline.runner import run_plan, start_tally
+    from tribunal.jobs.pipeline.runner import run_plan, new_board
 
     cfg.preflight()
     src, files = trajectory_input(cfg.input, SCORE_INPUT)
@@ -138,9 +138,9 @@ def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> di
                         show_failures=False)
     if todo:
         progress.engines_loading(cfg.engine)
-        tally = start_tally()
+        board = new_board()
         ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(src.fs))
-        run_plan(ds, build_stages(cfg, out, done, tally), progress, lambda row: progress.update(row["rows"], row["rows"], 0), tally)
+        run_plan(ds, build_stages(cfg, out, done, board), progress, lambda row: progress.update(row["rows"], row["rows"], 0), board)
     report.mark("scored")
     counts = summarize(out, rows_in)
     progress.quarantined = counts["quarantined"] - quarantined_before

@@ -78,7 +78,7 @@ class SampleConfig(EngineJobConfig):
         return {key: getattr(self, key) for key in keys}
 
 
-def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset(), tally=None) -> list[StagePlan]:
+def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset(), board=None) -> list[StagePlan]:
     """The sample pipeline as plain data: validate -> rebatch -> generate (actor pool) -> write.
 
     Rebatching into blocks of ``batch_size`` samples makes each engine call its own output block,
@@ -124,7 +124,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                     "quarantine_dir": out.quarantine,
                     "fs": out.fs,
                     "run": out.run,
-                    "tally": tally,
+                    "board": board,
                 },
                 **cfg.pool().map_batches_kwargs(),
             },
@@ -185,7 +185,7 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     from tribunal.jobs.pipeline.outputs import Roller
     from tribunal.jobs.pipeline.progress import Progress
     from tribunal.jobs.pipeline.report import RunReport, Units, parse_failure_line
-    from tribunal.jobs.pipeline.runner import run_plan, start_tally
+    from tribunal.jobs.pipeline.runner import run_plan, new_board
     from tribunal.schemas.validate import check_input_schema
 
     load_template(cfg.template)
@@ -213,9 +213,9 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
 
     if todo:
         progress.engines_loading(cfg.engine)
-        tally = start_tally()
+        board = new_board()
         ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(in_fs), include_paths=True)
-        run_plan(ds, build_stages(cfg, out, done, duplicates, tally), progress, on_shard, tally)
+        run_plan(ds, build_stages(cfg, out, done, duplicates, board), progress, on_shard, board)
     report.mark("generated")
     roller.finish()
     report.mark("rolled")

@@ -104,17 +104,17 @@ class ScoreConfig(EngineJobConfig):
         return {key: getattr(self, key) for key in keys}
 
 
-def build_stages(cfg: ScoreConfig, out: OutputDir, tally=None) -> list[StagePlan]:
+def build_stages(cfg: ScoreConfig, out: OutputDir, board=None) -> list[StagePlan]:
     """score -> write, as plain data (the input blocks are whole prompt groups already)."""
     from tribunal.jobs.pipeline.scoring import ROLLOUT_COLUMNS, STATS, GrmScoreStage, ProbScoreStage, write_scored_stage
 
     if cfg.mode == "prob":
         stage, ctor = ProbScoreStage, {"engine_cfg": cfg.engine_config(), "answer_format": cfg.answer_format(),
-                                       "format_weight": cfg.format_weight, "chat_template": cfg.chat_template, "tally": tally}
+                                       "format_weight": cfg.format_weight, "chat_template": cfg.chat_template, "board": board}
     else:
         sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
         stage, ctor = GrmScoreStage, {"engine_cfg": cfg.engine_config(), "sampling": sampling, "template": cfg.template,
-                                      "form": cfg.form, "k": cfg.k, "max_n": cfg.max_n, "seed": cfg.seed, "tally": tally}
+                                      "form": cfg.form, "k": cfg.k, "max_n": cfg.max_n, "seed": cfg.seed, "board": board}
     return [
         StagePlan("score", stage, {"batch_format": "pyarrow", "batch_size": None, "fn_constructor_kwargs": ctor, **cfg.pool().map_batches_kwargs()},
                   needs=ROLLOUT_COLUMNS, emits=tuple(arrow.SCORED_ROLLOUT.names)),
@@ -192,7 +192,7 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
     from tribunal.cluster.ray_cluster import connect
     from tribunal.jobs.pipeline.progress import Progress
     from tribunal.jobs.pipeline.report import RunReport, Units, reasons_text
-    from tribunal.jobs.pipeline.runner import run_plan, start_tally
+    from tribunal.jobs.pipeline.runner import run_plan, new_board
     from tribunal.jobs.pipeline.scoring import blocks_of_prompts
 
     cfg.preflight()
@@ -218,12 +218,12 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
                         show_failures=False)
     if blocks:
         progress.engines_loading(cfg.engine)
-        tally = start_tally()
+        board = new_board()
 
         def on_shard(row: dict) -> None:
             progress.update(row["rollouts"] + row["quarantined"], row["rollouts"], 0)
 
-        run_plan(ray.data.from_arrow(blocks), build_stages(cfg, out, tally), progress, on_shard, tally, columns=valid.column_names)
+        run_plan(ray.data.from_arrow(blocks), build_stages(cfg, out, board), progress, on_shard, board, columns=valid.column_names)
     report.mark("scored")
     counts = summarize(out, rows_in)
     progress.print()

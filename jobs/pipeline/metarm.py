@@ -67,7 +67,7 @@ class MetaRmScoreStage:
     renderer of the training corpus) through the model's chat template without a generation prompt.
     """
 
-    def __init__(self, engine_cfg, batch_size: int = 8, tally=None):
+    def __init__(self, engine_cfg, batch_size: int = 8, board=None):
         import time
 
         from tribunal.jobs.engines import build_engine
@@ -76,7 +76,7 @@ class MetaRmScoreStage:
         t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
         self.batch_size = batch_size
-        self.reporter = Reporter(tally)
+        self.reporter = Reporter(board)
         self.reporter.engine_loaded(time.perf_counter() - t0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -2,9 +2,9 @@
 
 Two streams of counts meet here:
 
-- **live**: engine stages report each request as it finishes (``Reporter`` in the actor, batched
-  to at most one message a second, into a ``Tally`` actor the driver reads every couple of
-  seconds): requests, rows generated (trajectories, judgments, scores) and tokens;
+- **live**: engine stages count each request as it finishes (``Reporter`` in the actor, posted at
+  most once a second to the run's ``Board`` in Ray's key-value store, which the driver reads every
+  couple of seconds): requests, rows generated (trajectories, judgments, scores) and tokens;
 - **committed**: the write stage's per-shard counts (samples, rows, parse failures ...), which are
   the run's truth and the basis of the end summary.
 
@@ -33,66 +33,91 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class Tally:
-    """A Ray actor (0 CPUs) that sums what the engine stages report; the driver takes the sums."""
+NAMESPACE = "tribunal_progress"
 
-    def __init__(self) -> None:
-        self.counts: Counter = Counter()
-        self.loads: list[float] = []
 
-    def add(self, counts: dict, loads: list[float] | None = None) -> None:
-        self.counts.update(counts)
-        self.loads.extend(loads or [])
+class Board:
+    """Where a run's engine actors post their live counts: Ray's GCS key-value store (no extra
+    process), one key per actor under the run's prefix, each holding that actor's cumulative
+    counts, so a lost or repeated post changes nothing. The driver sums the keys (``read``) and
+    deletes them at the end (``close``). Picklable: only the prefix travels to the actors."""
 
-    def take(self) -> tuple[dict, list[float]]:
-        """(the counts, the engine start-up times) reported since the last take."""
-        out, loads = dict(self.counts), self.loads
-        self.counts, self.loads = Counter(), []
-        return out, loads
+    def __init__(self, prefix: str | None = None) -> None:
+        import uuid
+
+        self.prefix = prefix or f"run-{uuid.uuid4().hex}/"
+
+    def post(self, actor: str, counts: dict, loads: list[float]) -> None:
+        import json
+
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        _internal_kv_put(self.prefix + actor, json.dumps({"counts": counts, "loads": loads}), namespace=NAMESPACE)
+
+    def read(self) -> tuple[Counter, list[float]]:
+        """(the counts summed over actors, every actor's engine start-up time)."""
+        import json
+
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+        total, loads = Counter(), []
+        for key in _internal_kv_list(self.prefix, namespace=NAMESPACE):
+            raw = _internal_kv_get(key, namespace=NAMESPACE)
+            if raw:
+                posted = json.loads(raw)
+                total.update(posted["counts"])
+                loads.extend(posted["loads"])
+        return total, loads
+
+    def close(self) -> None:
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(self.prefix, del_by_prefix=True, namespace=NAMESPACE)
 
 
 class Reporter:
-    """In an engine actor: counts finished requests and sends them to the ``Tally`` at most every
-    ``every_s`` seconds (fire and forget; progress is advisory, the shards are the truth).
-    Thread-safe: vLLM's results arrive on its event-loop thread. ``None`` tally: a no-op."""
+    """In an engine actor: counts finished requests and posts this actor's totals to the run's
+    ``Board`` at most every ``every_s`` seconds (progress is advisory: the shards are the truth).
+    Thread-safe: vLLM's results arrive on its event-loop thread. ``None`` board: a no-op."""
 
-    def __init__(self, tally, every_s: float = 1.0):
-        self.tally, self.every_s = tally, every_s
-        self.pending: Counter = Counter()
-        self.last = time.monotonic()
+    def __init__(self, board: Board | None, every_s: float = 1.0):
+        import uuid
+
+        self.board, self.every_s = board, every_s
+        self.actor = uuid.uuid4().hex
+        self.counts: Counter = Counter()
+        self.loads: list[float] = []
+        self.last = 0.0
         self.lock = threading.Lock()
 
     def add(self, **counts: int) -> None:
-        if self.tally is None:
+        if self.board is None:
             return
         with self.lock:
-            self.pending.update(counts)
+            self.counts.update(counts)
             if time.monotonic() - self.last >= self.every_s:
-                self._send()
+                self._post()
 
     def engine_loaded(self, seconds: float) -> None:
-        """Sent at once: the driver's line says the engine is up."""
-        if self.tally is None:
-            return
-        try:
-            self.tally.add.remote({}, [seconds])
-        except Exception:  # noqa: BLE001 - advisory
-            pass
-
-    def flush(self) -> None:
-        if self.tally is None:
+        """Posted at once: the driver's line says the engine is up."""
+        if self.board is None:
             return
         with self.lock:
-            self._send()
+            self.loads.append(seconds)
+            self._post()
 
-    def _send(self) -> None:
-        if self.pending:
-            try:
-                self.tally.add.remote(dict(self.pending))
-            except Exception:  # noqa: BLE001 - a lost progress message costs nothing but the line
-                pass
-            self.pending.clear()
+    def flush(self) -> None:
+        if self.board is None:
+            return
+        with self.lock:
+            self._post()
+
+    def _post(self) -> None:
         self.last = time.monotonic()
+        try:
+            self.board.post(self.actor, dict(self.counts), self.loads)
+        except Exception:  # noqa: BLE001 - a lost progress post costs nothing but the line
+            pass
 
 
 class Progress:
@@ -144,13 +169,13 @@ class Progress:
             self.say(f"loading {self.engines} {what} engine(s)")
 
     def add_live(self, counts: dict, loads: list[float] = ()) -> None:
-        """What the engines reported (``Tally.take``): requests, rows, tokens; engine start-ups."""
+        """The engines' live totals (``Board.read``): requests, rows, tokens; engine start-ups."""
         with self.lock:
-            for load_s in loads:
+            for load_s in list(loads)[self.engines_up:]:
                 self._engine_up(load_s)
             if counts.get("rows") and self._first_live is None:
                 self._first_live = time.monotonic()
-            self.live.update(counts)
+            self.live = Counter(counts)
 
     def _engine_up(self, load_s: float) -> None:
         self.engines_up += 1

@@ -10,32 +10,30 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from tribunal.jobs.pipeline.progress import Progress, Tally
+from tribunal.jobs.pipeline.progress import Board, Progress
 from tribunal.jobs.pipeline.stages import StagePlan, check_chain
 
 POLL_S = 2.0  # how often the driver reads the engines' live counts
 
 
-def start_tally():
-    """A ``Tally`` actor for this run's engine stages to report to (0 CPUs: never competes with
-    the engines for a slot). Needs a connected Ray."""
-    import ray
-
-    return ray.remote(num_cpus=0)(Tally).remote()
+def new_board() -> Board:
+    """The ``Board`` this run's engine stages post their live counts to (Ray's key-value store:
+    no extra process). Needs a connected Ray."""
+    return Board()
 
 
-def run_plan(ds, stages: list[StagePlan], progress: Progress, on_row: Callable[[dict], None], tally=None,
+def run_plan(ds, stages: list[StagePlan], progress: Progress, on_row: Callable[[dict], None], board: Board | None = None,
              columns=None) -> None:
     """Apply ``stages`` to the dataset ``ds`` and hand every row the last stage emits (one per
     committed shard: its counts) to ``on_row``, which also feeds ``progress``. While it runs, a
-    thread reads the ``tally`` the engine stages report to every ``POLL_S`` and ticks the line.
-    ``columns``: the input's columns, to check the plan's column contracts first."""
+    thread reads the board (``board``) the engine stages post to every ``POLL_S`` and ticks the
+    line. ``columns``: the input's columns, to check the plan's column contracts first."""
     if columns is not None:
         check_chain(stages, columns)
     for st in stages:
         ds = st.apply(ds)
     stop = threading.Event()
-    ticker = threading.Thread(target=_tick, args=(stop, progress, tally), name="tribunal-progress", daemon=True)
+    ticker = threading.Thread(target=_tick, args=(stop, progress, board), name="tribunal-progress", daemon=True)
     ticker.start()
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -44,22 +42,25 @@ def run_plan(ds, stages: list[StagePlan], progress: Progress, on_row: Callable[[
     finally:
         stop.set()
         ticker.join(timeout=POLL_S + 5)
-    _take(progress, tally)
+        _take(progress, board)
+        if board is not None:
+            try:
+                board.close()
+            except Exception:  # noqa: BLE001 - a few stale keys in a store that dies with the cluster
+                pass
 
 
-def _take(progress: Progress, tally) -> None:
-    if tally is None:
+def _take(progress: Progress, board: Board | None) -> None:
+    if board is None:
         return
-    import ray
-
     try:
-        counts, loads = ray.get(tally.take.remote(), timeout=10)
+        counts, loads = board.read()
     except Exception:  # noqa: BLE001 - the progress line is advisory: never fail a job for it
         return
     progress.add_live(counts, loads)
 
 
-def _tick(stop: threading.Event, progress: Progress, tally) -> None:
+def _tick(stop: threading.Event, progress: Progress, board) -> None:
     while not stop.wait(POLL_S):
-        _take(progress, tally)
+        _take(progress, board)
         progress.tick()

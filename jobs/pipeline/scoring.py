@@ -42,7 +42,7 @@ class ProbScoreStage:
     reference) of the block: the debiasing pass is paid once per prompt, not per rollout.
     """
 
-    def __init__(self, engine_cfg, answer_format, format_weight: float | None, chat_template: bool = True, tally=None):
+    def __init__(self, engine_cfg, answer_format, format_weight: float | None, chat_template: bool = True, board=None):
         import time
 
         from tribunal.jobs.engines import build_engine
@@ -50,7 +50,7 @@ class ProbScoreStage:
 
         t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
-        self.reporter = Reporter(tally)
+        self.reporter = Reporter(board)
         self.reporter.engine_loaded(time.perf_counter() - t0)
         self.fmt = answer_format
         self.format_weight = format_weight
@@ -124,7 +124,7 @@ class GrmScoreStage:
     never vote; a rollout with no valid score gets a null reward and the most common failure.
     """
 
-    def __init__(self, engine_cfg, sampling, template: str, form: str, k: int, max_n: int, seed: int, tally=None):
+    def __init__(self, engine_cfg, sampling, template: str, form: str, k: int, max_n: int, seed: int, board=None):
         import time
 
         from tribunal.jobs.engines import build_engine
@@ -133,7 +133,7 @@ class GrmScoreStage:
 
         t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
-        self.reporter = Reporter(tally)
+        self.reporter = Reporter(board)
         self.reporter.engine_loaded(time.perf_counter() - t0)
         self.sampling = sampling
         self.template = load_template(template)

@@ -163,7 +163,7 @@ class GenerateStage:
     """
 
     def __init__(self, engine_cfg, sampling, template: str, k: int, seed: int, hint: str = "never",
-                 quarantine_dir: str | None = None, fs=None, run=None, tally=None):
+                 quarantine_dir: str | None = None, fs=None, run=None, board=None):
         import time
 
         from tribunal.jobs.engines import build_engine
@@ -175,7 +175,7 @@ class GenerateStage:
         # Reported once, with this actor's first batch (see ENGINE_STATS), for the manifest: engine
         # start-up apart from generation; and at once to the driver's progress line.
         self._load_s: float | None = time.perf_counter() - t0
-        self.reporter = Reporter(tally)
+        self.reporter = Reporter(board)
         self.reporter.engine_loaded(self._load_s)
         self.sampling = sampling
         self.template = load_template(template)
