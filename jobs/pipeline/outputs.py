@@ -179,9 +179,9 @@ class OutputDir:
         return self.done_ids()
 
     def prepare_run(self, settings: dict[str, Any], overwrite: bool = False, *, kind: str | None = None,
-                    inputs: tuple[str, ...] | list[str] = ()) -> None:
+                    inputs: tuple[str, ...] | list[str] = ()) -> OutputDir:
         """Make the directory ready for a (re)run: check, clean temporaries, take the lease,
-        write a new run token.
+        write a new run token; returns this ``OutputDir``.
 
         ``kind`` names what the directory holds (``trajectory``, ``vote`` ...); ``settings`` are
         the options that fix the results, compared with path values resolved. Refused with one
@@ -223,6 +223,7 @@ class OutputDir:
             if not storage.has_commit_layout(self.fs, directory):
                 self._adopt_legacy(directory)
             storage.remove_garbage(self.fs, directory)
+        return self
 
     def check_not_input(self, inputs) -> None:
         """Refuse an output that is one of the inputs or lies inside one (writing there would mix
