@@ -437,13 +437,36 @@ def trajectory_input(uri: str, columns: tuple[str, ...]) -> tuple[OutputDir, lis
 
 
 def check_inputs(fs, files: list[str], check_schema) -> int:
-    """Check every input file's schema (footer only) and return the total row count."""
+    """Check every input file's schema (footer only) and that the files agree on each column's
+    type (one dataset is read from them all); return the total row count."""
     total = 0
+    seen: dict[str, tuple[pa.DataType, str]] = {}  # column -> (type, the first file with it)
     for f in files:
         meta = storage.parquet_footer(fs, f)
-        check_schema(meta.schema.to_arrow_schema(), storage.display(fs, f))
+        schema = meta.schema.to_arrow_schema()
+        where = storage.display(fs, f)
+        check_schema(schema, where)
+        for fld in schema:
+            first = seen.setdefault(fld.name, (fld.type, where))
+            if not _same_type(first[0], fld.type):
+                raise TribunalError(
+                    f"input files disagree on column {fld.name!r}: {first[1]} has {first[0]}, {where} has {fld.type}: "
+                    "write every file with the same type (e.g. ids as strings)"
+                )
         total += meta.num_rows
     return total
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether two files' types of one column can be read as one dataset (null columns and
+    string/large_string variants combine)."""
+    if a == b or pa.types.is_null(a) or pa.types.is_null(b):
+        return True
+    try:
+        pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive")  # as Ray Data reads them
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
 
 
 def duplicate_input_ids(fs, files: list[str], batch_rows: int = 65_536) -> frozenset[str]:

@@ -120,3 +120,23 @@ def test_another_hosts_lease_goes_stale_without_heartbeats(tmp_path):
         OutputDir(str(out)).prepare_run({}, kind="trajectory")
     (out / LEASE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "id": "x", "started": 0, "beat": time.time() - outputs.LEASE_STALE_S - 1}))
     OutputDir(str(out)).prepare_run({}, kind="trajectory").release()
+
+
+def test_input_files_whose_id_types_differ_are_refused_up_front(tmp_path):
+    """Integer ids in one file and string ids in another cannot be read as one dataset: refused on
+    the driver, naming both files, before any output is made (not an ArrowTypeError after Ray starts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tribunal.jobs.pipeline.outputs import check_inputs, input_files
+    from tribunal.schemas.validate import check_input_schema
+
+    ctx = [{"role": "user", "content": "2+2?"}]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"id": 1, "context": ctx, "responses": ["4", "5"]}]), tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.Table.from_pylist([{"id": "s1", "context": ctx, "responses": ["4", "5"]}]), tmp_path / "in" / "b.parquet")
+    fs, files = input_files(str(tmp_path / "in"))
+    with pytest.raises(TribunalError, match=r"input files disagree on column 'id': .*a.parquet has int64, .*b.parquet has string"):
+        check_inputs(fs, files, check_input_schema)
+    pq.write_table(pa.Table.from_pylist([{"id": 2, "context": ctx, "responses": ["4", "5"]}]), tmp_path / "in" / "b.parquet")
+    assert check_inputs(fs, files, check_input_schema) == 2
