@@ -25,7 +25,7 @@ COMMANDS = {
     "export": ("tribunal.jobs.export", "ExportConfig", "kept rollouts as verl or OpenRLHF Parquet"),
     "metarm-score": ("tribunal.jobs.metarm_score", "MetaRmScoreConfig", "score trajectories with a meta-RM (adds meta_score; then vote --k-meta)"),
     "compact": ("tribunal.jobs.compact", "CompactConfig", "merge a finished output's committed files into target-size files (idempotent)"),
-    "train": ("tribunal.training.trainer", None, "train the GRM (train sft) or the meta-RM (train metarm) with DeepSpeed on this machine"),
+    "train": ("tribunal.training.launch", None, "train the GRM (train sft) or the meta-RM (train metarm) with DeepSpeed on this machine"),
     "recipe": ("tribunal.training.toy.recipe", None, "recipe toy-grm: train the toy GRM and meta-RM with tribunal's own jobs (SPCT in miniature)"),
     "build-tiny-model": ("tribunal.training.tiny_model", None, "build a small local GRM for tests and demos (no downloads)"),
 }

@@ -45,12 +45,8 @@ class LabelConfig(SampleConfig):
         from tribunal.cluster.storage import join
         from tribunal.jobs.metarm_score import MetaRmScoreConfig
 
-        return MetaRmScoreConfig(
-            input=join(self.output, "trajectories"), output=join(self.output, "scored"), model=self.meta_rm, engine=self.engine,
-            concurrency=self.concurrency, num_gpus_per_actor=self.num_gpus_per_actor, num_cpus_per_actor=self.num_cpus_per_actor,
-            batch_size=self.batch_size, dtype=self.dtype, device=self.device, max_model_len=self.max_model_len,
-            gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager, address=self.address, overwrite=self.overwrite,
-        )
+        return MetaRmScoreConfig(input=join(self.output, "trajectories"), output=join(self.output, "scored"), model=self.meta_rm,
+                                 batch_size=self.batch_size, **self.engine_options())
 
     def vote_config(self) -> VoteConfig:
         from tribunal.cluster.storage import join
@@ -63,6 +59,10 @@ class LabelConfig(SampleConfig):
 def run(cfg: LabelConfig, *, stream=None) -> dict:
     from tribunal.jobs import sample, vote
 
+    if cfg.meta_rm:  # checked before the sampling it would otherwise follow by minutes
+        from tribunal.jobs.engines import check_model_dir
+
+        check_model_dir(cfg.meta_rm)
     sampled = sample.run(cfg.sample_config(), job="label", stream=stream)
     if sampled["counts"]["trajectories"] == 0:
         print("[label] nothing to vote on: every input row was quarantined (see the reasons above)", file=stream or sys.stderr)

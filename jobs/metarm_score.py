@@ -20,70 +20,54 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
-from tribunal.cluster.pools import fault_policy
-from tribunal.jobs.engines import ENGINES, EngineConfig
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
-from tribunal.jobs.pipeline.outputs import OutputDir, Timer, package_versions, trajectory_input
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.engine_job import EngineJobConfig
+from tribunal.jobs.pipeline.outputs import OutputDir, trajectory_input
 from tribunal.jobs.pipeline.stages import StagePlan
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 
+KIND = "trajectory_scored"
+
 
 @dataclass(frozen=True)
-class MetaRmScoreConfig:
+class MetaRmScoreConfig(EngineJobConfig):
     """A scoring run of a meta-RM over trajectory shards."""
 
     input: str = opt("", "trajectory shards: a directory or file (local path or s3://...)")
     output: str = opt("", "output directory for scored trajectory shards")
     model: str = opt("", "meta-RM: a one-logit sequence classifier directory (`tribunal train metarm` writes OUT/model)")
-    engine: str = opt("transformers", "backend (vllm: its pooling runner)", choices=ENGINES)
-    concurrency: int = opt(1, "engine actors in the pool")
-    num_gpus_per_actor: float | None = opt(None, "GPUs per engine actor (default: 1 for vllm, 0 for transformers)")
-    num_cpus_per_actor: float = opt(1.0, "CPUs per engine actor")
     batch_size: int = opt(16, "trajectories per engine call (one output shard each)")
-    dtype: str = opt("auto", "model dtype (auto, float32, bfloat16, float16)")
-    device: str = opt("auto", "transformers device: auto, cpu, cuda")
-    max_model_len: int | None = opt(None, "vLLM context length limit")
-    gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
-    enforce_eager: bool = opt(False, "vLLM: run eagerly, without CUDA graphs or torch.compile (starts much faster; slower steady state on GPU)")
-    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    overwrite: bool = opt(False, "delete an existing output directory first")
+
+    ENGINE_TASK = "classify"
 
     def __post_init__(self) -> None:
-        check(bool(self.input), "input", "is required")
-        check(bool(self.output), "output", "is required")
-        check(bool(self.model), "model", "is required")
+        super().__post_init__()
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(kind=self.engine, model=self.model, task="classify", dtype=self.dtype, device=self.device,
-                            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
-                            enforce_eager=self.enforce_eager)
 
     def settings(self) -> dict:
         return {"input": self.input, "model": self.model}
 
 
-def build_stages(cfg: MetaRmScoreConfig, out: OutputDir, done_keys) -> list[StagePlan]:
+def build_stages(cfg: MetaRmScoreConfig, out: OutputDir, done_keys, board=None) -> list[StagePlan]:
     """select (skip done, quarantine unreadable) -> rebatch -> score (actor pool) -> write, as plain
     data. Rebatching makes each engine call its own block, hence its own shard (the unit of resume)."""
-    from tribunal.cluster.pools import plan_pool
-    from tribunal.jobs.pipeline.metarm import MetaRmScoreStage, select_stage
-    from tribunal.jobs.pipeline.stages import write_stage
+    from tribunal.jobs.pipeline.metarm import SCORE_INPUT, MetaRmScoreStage, select_stage
+    from tribunal.jobs.pipeline.stages import STATS, write_stage
 
-    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, None, cfg.num_cpus_per_actor)
     return [
         StagePlan("select", select_stage, {"batch_format": "pyarrow", "fn_kwargs": {
-            "done_keys": done_keys, "quarantine_dir": out.quarantine, "fs": out.fs, "run": out.run}}),
+            "done_keys": done_keys, "quarantine_dir": out.quarantine, "fs": out.fs, "run": out.run}}, needs=SCORE_INPUT),
         StagePlan("rebatch", None, {"target_num_rows_per_block": cfg.batch_size}, op="repartition"),
         StagePlan("score", MetaRmScoreStage, {"batch_format": "pyarrow", "batch_size": cfg.batch_size,
-                                              "fn_constructor_kwargs": {"engine_cfg": cfg.engine_config()}, **pool.map_batches_kwargs()}),
+                                              "fn_constructor_kwargs": {"engine_cfg": cfg.engine_config(), "board": board},
+                                              **cfg.pool().map_batches_kwargs()},
+                  needs=SCORE_INPUT, emits=tuple(arrow.TRAJECTORY_SCORED.names)),
         StagePlan("write", write_stage, {"batch_format": "pyarrow", "batch_size": None,
-                                         "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "schema": arrow.TRAJECTORY_SCORED, "run": out.run}}),
+                                         "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "schema": arrow.TRAJECTORY_SCORED, "run": out.run}},
+                  needs=(c.ID,), emits=tuple(STATS.names)),
     ]
 
 
@@ -111,11 +95,9 @@ def summarize(out: OutputDir, rows_in: int) -> dict:
     df = pl.from_arrow(out.read(parts, [c.ID, c.SAMPLE_INDEX, c.HINTED, c.META_SCORE, c.CORRECT])) if parts else None
     rows_out = len(df) if df is not None else 0
     dup = int(df.select([c.ID, c.SAMPLE_INDEX, c.HINTED]).is_duplicated().sum()) if df is not None else 0
-    n_q = sum(quarantined.values())
     counts = {
-        "rows_in": rows_in, "rows_out": rows_out, "quarantined": n_q, "quarantine_reasons": quarantined,
-        "duplicate_keys": dup, "reconciled": rows_in == rows_out + n_q and dup == 0,
-        "mean_meta_score": float(df[c.META_SCORE].mean()) if rows_out else None,
+        "rows_in": rows_in, "rows_out": rows_out, "quarantined": sum(quarantined.values()), "quarantine_reasons": quarantined,
+        "duplicate_keys": dup, "mean_meta_score": float(df[c.META_SCORE].mean()) if rows_out else None,
     }
     if df is not None and df[c.CORRECT].is_not_null().any():
         from tribunal.jobs.grm.grm_math import roc_auc
@@ -129,56 +111,51 @@ def summarize(out: OutputDir, rows_in: int) -> dict:
 
 
 def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> dict:
-    import pyarrow.parquet as pq
     import ray.data
 
+    from tribunal.cluster.pools import fault_policy
     from tribunal.cluster.ray_cluster import connect
-    from tribunal.cluster.storage import arrow_filesystem
-    from tribunal.jobs.engines import check_model_dir
+    from tribunal.cluster.storage import arrow_filesystem, parquet_footer
     from tribunal.jobs.pipeline.metarm import SCORE_INPUT
-    from tribunal.jobs.pipeline.progress import fmt_duration
+    from tribunal.jobs.pipeline.progress import Progress
+    from tribunal.jobs.pipeline.report import RunReport, Units
+    from tribunal.jobs.pipeline.runner import run_plan, new_board
 
-    stream = stream or sys.stderr
-    timer = Timer()
-    check_model_dir(cfg.model)
+    cfg.preflight()
     src, files = trajectory_input(cfg.input, SCORE_INPUT)
-    rows_in = 0
-    for f in files:
-        with src.fs.open(f, "rb") as fh:
-            rows_in += pq.ParquetFile(fh).metadata.num_rows
+    rows_in = sum(parquet_footer(src.fs, f).num_rows for f in files)
     out = OutputDir(cfg.output)
-    out.prepare(cfg.settings(), overwrite=cfg.overwrite)
+    report = RunReport(job, KIND, cfg, out, Units("trajectories"), stream)
+    out.prepare(cfg.settings(), overwrite=cfg.overwrite, kind=KIND, inputs=[cfg.input])
     done = done_keys(out)
     where = connect(cfg.address)
-    print(f"[{job}] {rows_in} trajectories in {len(files)} file(s), {len(done)} already done; {cfg.engine} on {where}", file=stream)
-    timer.mark("prepared")
-    ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(src.fs))
-    for st in build_stages(cfg, out, done):
-        ds = st.apply(ds)
-    scored = 0
-    last = time.time()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        scored += sum(batch["rows"].to_pylist())
-        if time.time() - last > 5:
-            print(f"[{job}] {scored} trajectories scored this run", file=stream, flush=True)
-            last = time.time()
-    timer.mark("scored")
+    cfg.check_fits()
+    todo = max(rows_in - len(done), 0)
+    quarantined_before = sum(out.quarantine_counts().values())
+    report.say(f"{rows_in} trajectories in {len(files)} file(s), {len(done)} already done; meta-RM {cfg.engine} on {where}")
+    report.mark("prepared")
+    progress = Progress(job, total=todo, unit="trajectories", rows="scored", stream=report.stream, engines=cfg.concurrency,
+                        show_failures=False)
+    if todo:
+        progress.engines_loading(cfg.engine)
+        board = new_board()
+        ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(src.fs))
+        run_plan(ds, build_stages(cfg, out, done, board), progress, lambda row: progress.update(row["rows"], row["rows"], 0), board)
+    report.mark("scored")
     counts = summarize(out, rows_in)
-    elapsed = max(timer.marks["scored"] - timer.marks["prepared"], 1e-9)
-    manifest = {
-        "job": job, "config": to_dict(cfg), "settings": cfg.settings(), "versions": package_versions(), "model": cfg.model,
-        "input_files": len(files), "output": out.display(), "schema": "trajectory_scored", "counts": counts,
-        "this_run": {"scored": scored, "resumed_from": len(done)}, "timings_s": timer.marks, "fault_policy": fault_policy().as_dict(),
-        "throughput": {"trajectories_per_s": round(scored / elapsed, 3)},
-    }
-    path = out.write_manifest(manifest)
-    extra = f", ROC-AUC {counts['roc_auc']:.3f} vs correct" if counts.get("roc_auc") is not None else ""
-    print(f"[{job}] done in {fmt_duration(time.time() - timer.start)}: {counts['rows_out']} scored, {counts['quarantined']} quarantined{extra}", file=stream)
-    if not counts["reconciled"]:
-        print(f"[{job}] WARNING: counts do not reconcile: {rows_in} in, {counts['rows_out']} out + {counts['quarantined']} quarantined, "
-              f"{counts['duplicate_keys']} duplicate keys", file=stream)
-    print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
-    return manifest
+    progress.quarantined = counts["quarantined"] - quarantined_before
+    progress.print()
+    elapsed = max(report.timer.marks["scored"] - report.timer.marks["prepared"], 1e-9)
+    lines = []
+    if counts.get("roc_auc") is not None:
+        lines.append(f"meta-RM ROC-AUC {counts['roc_auc']:.3f} against correctness, on {counts['labelled']} labelled trajectories")
+    return report.finish(
+        counts,
+        this_run={"scored": progress.rows, "resumed_from": len(done)},
+        throughput={"trajectories_per_s": round(progress.rows / elapsed, 3)},
+        extra={"model": cfg.model, "input_files": len(files), "fault_policy": fault_policy().as_dict()},
+        lines=lines,
+    )
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

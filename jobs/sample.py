@@ -20,76 +20,50 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from dataclasses import dataclass
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
-from tribunal.jobs.engines import ENGINES, EngineConfig, SamplingConfig
 from tribunal.jobs.grm.grm_math import HINT_MODES
-from tribunal.jobs.pipeline.outputs import OutputDir, Timer, check_inputs, duplicate_input_ids, input_files, package_versions
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.engines import SamplingConfig
+from tribunal.jobs.pipeline.engine_job import EngineJobConfig, default_template
+from tribunal.jobs.pipeline.outputs import OutputDir, check_inputs, duplicate_input_ids, input_files
 from tribunal.jobs.pipeline.stages import StagePlan
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 
+KIND = "trajectory"
+
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(EngineJobConfig):
     """Everything that defines a sampling run."""
 
-    input: str = opt("", "input Parquet file or directory (local path or s3://...)")
     output: str = opt("", "output directory for trajectory shards (local path or s3://...)")
     model: str = opt("", "GRM: a local model directory (config.json + tokenizer)")
     k: int = opt(8, "trajectories per sample (non-hinted)")
-    template: str = opt("default", "prompt template: default, single, rm_r1_pairwise, or a template file")
-    engine: str = opt("transformers", "generation backend", choices=ENGINES)
-    concurrency: int = opt(1, "engine actors in the pool")
-    num_gpus_per_actor: float | None = opt(None, "GPUs per engine actor (default: 1 for vllm, 0 for transformers)")
-    num_cpus_per_actor: float = opt(1.0, "CPUs per engine actor (the transformers engine uses that many threads)")
-    concurrent_batches: int | None = opt(None, "batches in flight per actor (default: 4 for vllm, 1 for transformers)")
-    batch_size: int = opt(16, "samples per engine call")
+    template: str | None = opt(
+        None, "prompt template: default, single, rm_r1_pairwise, toy, toy_single, or a template file "
+        "(default: the template the model records in tribunal_model.json, else default)")
+    batch_size: int = opt(16, "samples per engine call (one output shard each)")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy)")
     top_p: float = opt(1.0, "nucleus sampling mass")
     max_tokens: int = opt(512, "max new tokens per trajectory")
     seed: int = opt(0, "run seed: fixes permutations and sampling")
-    dtype: str = opt("auto", "model dtype (auto, float32, bfloat16, float16)")
-    device: str = opt("auto", "transformers device: auto, cpu, cuda")
-    max_model_len: int | None = opt(None, "vLLM context length limit")
-    gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
-    max_num_seqs: int | None = opt(None, "vLLM max concurrent sequences")
-    tensor_parallel_size: int = opt(1, "vLLM GPUs per engine")
-    enforce_eager: bool = opt(False, "vLLM: run eagerly, without CUDA graphs or torch.compile (starts much faster; slower steady state on GPU)")
-    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    overwrite: bool = opt(False, "delete an existing output directory first")
     target_file_mb: float = opt(256.0, "output files are merged to about this size (MiB); each engine batch is committed on its own first")
     hint: str = opt("never", "hinted sampling mode (used by rft)", choices=HINT_MODES, cli=False)
     require_labels: bool = opt(False, "quarantine samples without labels (rft)", cli=False)
 
     def __post_init__(self) -> None:
-        check(bool(self.input), "input", "is required")
-        check(bool(self.output), "output", "is required")
-        check(bool(self.model), "model", "is required")
+        super().__post_init__()
+        if self.template is None:  # what the model was trained on, recorded with it
+            object.__setattr__(self, "template", default_template(self.model))
         check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
-        check(self.engine in ENGINES, "engine", f"must be one of {ENGINES}, got {self.engine!r}")
         check(self.hint in HINT_MODES, "hint", f"must be one of {HINT_MODES}, got {self.hint!r}")
         check(0 <= self.temperature <= 2, "temperature", f"must be in [0, 2] (vLLM's range), got {self.temperature}")
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
         check(self.target_file_mb > 0, "target_file_mb", f"must be > 0, got {self.target_file_mb}")
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            kind=self.engine,
-            model=self.model,
-            dtype=self.dtype,
-            device=self.device,
-            max_model_len=self.max_model_len,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_num_seqs=self.max_num_seqs,
-            tensor_parallel_size=self.tensor_parallel_size,
-            enforce_eager=self.enforce_eager,
-        )
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
@@ -104,18 +78,16 @@ class SampleConfig:
         return {key: getattr(self, key) for key in keys}
 
 
-def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset()) -> list[StagePlan]:
+def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset(), board=None) -> list[StagePlan]:
     """The sample pipeline as plain data: validate -> rebatch -> generate (actor pool) -> write.
 
     Rebatching into blocks of ``batch_size`` samples makes each engine call its own output block,
     hence its own shard: the unit of resume is one batch, not one input file.
     """
-    from tribunal.cluster.pools import plan_pool
     from tribunal.jobs.grm.protocol import load_template
-    from tribunal.jobs.pipeline.stages import GenerateStage, validate_stage, write_stage
+    from tribunal.jobs.pipeline.stages import ENGINE_STATS, STATS, GenerateStage, validate_stage, write_stage
 
     template = load_template(cfg.template)
-    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, cfg.concurrent_batches, cfg.num_cpus_per_actor)
     return [
         StagePlan(
             "validate",
@@ -133,6 +105,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                     "run": out.run,
                 },
             },
+            emits=tuple(arrow.SAMPLE.names),
         ),
         StagePlan("rebatch", None, {"target_num_rows_per_block": cfg.batch_size}, op="repartition"),
         StagePlan(
@@ -151,55 +124,25 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                     "quarantine_dir": out.quarantine,
                     "fs": out.fs,
                     "run": out.run,
+                    "board": board,
                 },
-                **pool.map_batches_kwargs(),
+                **cfg.pool().map_batches_kwargs(),
             },
+            needs=(c.ID, c.CONTEXT, c.RESPONSES, c.LABELS),
+            emits=tuple(arrow.TRAJECTORY.names) + ENGINE_STATS,
         ),
         StagePlan(
             "write",
             write_stage,
             {"batch_format": "pyarrow", "batch_size": None, "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "schema": arrow.TRAJECTORY, "run": out.run}},
+            needs=(c.ID,),
+            emits=tuple(STATS.names),
         ),
     ]
 
 
-def check_pool_fits(cfg: SampleConfig) -> None:
-    """The engine pool's GPUs and CPUs against the connected cluster: one line, not a hang."""
-    import ray
-
-    from tribunal.cluster.pools import check_fits, plan_pool
-
-    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, cfg.concurrent_batches, cfg.num_cpus_per_actor)
-    check_fits(pool, cfg.engine, ray.cluster_resources())
-
-
-def execute(stages: list[StagePlan], files: list[str], in_fs, progress, roller=None) -> None:
-    """The runner: read, apply each stage, stream the per-shard counts into the progress line
-    (and the shard sizes into the ``roller``, which merges committed shards to the target size)."""
-    import ray.data
-
-    from tribunal.cluster.storage import arrow_filesystem
-
-    ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(in_fs), include_paths=True)
-    for st in stages:
-        ds = st.apply(ds)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            progress.update(
-                row["samples"],
-                row["rows"],
-                row["parse_failures"],
-                row["completion_tokens"],
-                engine_load_s=row["engine_load_s"],
-                request_prompt_tokens=row["request_prompt_tokens"],
-                cached_prompt_tokens=row["cached_prompt_tokens"],
-            )
-            if roller is not None:
-                roller.add(row["bytes"])
-
-
 def summarize(out: OutputDir, rows_in: int) -> dict:
-    """Counts from the artefacts themselves (so they cover resumed runs too) and the reconciliation."""
+    """Counts from the artefacts themselves (so they cover resumed runs too)."""
     import polars as pl
 
     quarantined = out.quarantine_counts()
@@ -209,17 +152,16 @@ def summarize(out: OutputDir, rows_in: int) -> dict:
     samples_out = df[c.ID].n_unique() if len(df) else 0
     failures = df.filter(pl.col(c.PARSE_ERROR).is_not_null()).group_by(c.PARSE_ERROR).len() if len(df) else None
     labelled = df.filter(pl.col(c.CORRECT).is_not_null()) if len(df) else df
-    n_quarantined = sum(quarantined.values())
-    # A key twice means two runs wrote into this directory at once (e.g. a re-run started while a
-    # killed run's workers were still finishing their batch): report it, never hide it.
+    # A key twice means two runs wrote into this directory at once: report it, never hide it.
     duplicate_keys = int(df.select(list(c.TRAJECTORY_KEY)).is_duplicated().sum()) if len(df) else 0
     return {
         "rows_in": rows_in,
+        "rows_out": samples_out,
         "samples_out": samples_out,
-        "quarantined": n_quarantined,
+        "quarantined": sum(quarantined.values()),
         "quarantine_reasons": quarantined,
-        "reconciled": rows_in == samples_out + n_quarantined and duplicate_keys == 0,
         "duplicate_keys": duplicate_keys,
+        "rows_written": len(df),
         "trajectories": len(df),
         "hinted": int(df[c.HINTED].sum()) if len(df) else 0,
         "parse_failures": int(failures["len"].sum()) if failures is not None else 0,
@@ -234,69 +176,65 @@ def summarize(out: OutputDir, rows_in: int) -> dict:
 
 def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     """Run the job to completion (resuming what a previous run left) and return its manifest."""
+    import ray.data
+
     from tribunal.cluster.pools import fault_policy
     from tribunal.cluster.ray_cluster import connect
-    from tribunal.jobs.engines import check_model_dir
-    from tribunal.jobs.pipeline.outputs import Roller
-    from tribunal.jobs.pipeline.progress import Progress, fmt_duration
+    from tribunal.cluster.storage import arrow_filesystem
     from tribunal.jobs.grm.protocol import load_template
+    from tribunal.jobs.pipeline.outputs import Roller
+    from tribunal.jobs.pipeline.progress import Progress
+    from tribunal.jobs.pipeline.report import RunReport, Units, parse_failure_line
+    from tribunal.jobs.pipeline.runner import run_plan, new_board
     from tribunal.schemas.validate import check_input_schema
 
-    stream = stream or sys.stderr
-    timer = Timer()
     load_template(cfg.template)
-    check_model_dir(cfg.model)
+    cfg.preflight()
     in_fs, files = input_files(cfg.input)
     rows_in = check_inputs(in_fs, files, check_input_schema)
     duplicates = duplicate_input_ids(in_fs, files)
     out = OutputDir(cfg.output)
-    done = out.prepare(cfg.settings(), overwrite=cfg.overwrite)
+    report = RunReport(job, KIND, cfg, out, Units("samples", produced="trajectories"), stream)
+    done = out.prepare(cfg.settings(), overwrite=cfg.overwrite, kind=KIND, inputs=[cfg.input])
     where = connect(cfg.address)
-    check_pool_fits(cfg)
-    print(f"[{job}] {rows_in} samples in {len(files)} file(s), {len(done)} already done; k={cfg.k}; {cfg.engine} on {where}", file=stream)
-    timer.mark("prepared")
-    progress = Progress(job, total=max(rows_in - len(done), 0), stream=stream, engines=cfg.concurrency)
+    cfg.check_fits()
+    todo = max(rows_in - len(done), 0)
+    report.say(f"{rows_in} samples in {len(files)} file(s), {len(done)} already done; k={cfg.k}, template {cfg.template}; {cfg.engine} on {where}")
+    report.mark("prepared")
+    progress = Progress(job, total=todo, stream=report.stream, engines=cfg.concurrency, rows_total=todo * cfg.k or None)
     quarantined_before = sum(out.quarantine_counts().values())
-    if rows_in > len(done):
-        progress.engines_loading(cfg.engine)
     roller = Roller(out, int(cfg.target_file_mb * 2**20))
-    execute(build_stages(cfg, out, done, duplicates), files, in_fs, progress, roller)
-    timer.mark("generated")
+
+    def on_shard(row: dict) -> None:
+        progress.update(row["samples"], row["rows"], row["parse_failures"], row["completion_tokens"],
+                        engine_load_s=row["engine_load_s"], request_prompt_tokens=row["request_prompt_tokens"],
+                        cached_prompt_tokens=row["cached_prompt_tokens"])
+        roller.add(row["bytes"])
+
+    if todo:
+        progress.engines_loading(cfg.engine)
+        board = new_board()
+        ds = ray.data.read_parquet(files, filesystem=arrow_filesystem(in_fs), include_paths=True)
+        run_plan(ds, build_stages(cfg, out, done, duplicates, board), progress, on_shard, board)
+    report.mark("generated")
     roller.finish()
-    timer.mark("rolled")
+    report.mark("rolled")
     counts = summarize(out, rows_in)
-    timer.mark("summarized")
+    report.mark("summarized")
     progress.quarantined = counts["quarantined"] - quarantined_before
     progress.print()
-    gen_s = max(timer.marks["generated"] - timer.marks["prepared"], 1e-9)
+    marks = report.timer.marks
+    gen_s = max(marks["generated"] - marks["prepared"], 1e-9)
     steady = progress.steady_rate()
-    elapsed = time.time() - timer.start
     # Engines load in parallel, one per actor: the slowest start-up is what the run waited for.
     load_s = max(progress.engine_load_s, default=0.0)
-    manifest = {
-        "job": job,
-        "config": to_dict(cfg),
-        "settings": cfg.settings(),
-        "versions": package_versions(),
-        "model": cfg.model,
-        "input_files": len(files),
-        "output": out.display(),
-        "output_files": {"files": len(out.parts()), "merged_this_run": roller.merged, "target_bytes": roller.target},
-        "schema": "trajectory",
-        "counts": counts,
-        "this_run": {"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},
-        "timings_s": timer.marks,
-        "fault_policy": fault_policy().as_dict(),  # Ray Data retries, restarts and stall guard (cluster/pools.py)
-        "engines": {
-            "kind": cfg.engine,
-            "actors": cfg.concurrency,
-            "load_s": [round(x, 2) for x in progress.engine_load_s],  # each actor's engine start-up
-            # the generation phase less the engine start-up it waited for
-            "generation_s": round(max(gen_s - load_s, 0.0), 2),
-            "request_prompt_tokens": progress.request_prompt_tokens,  # sent to the engine, once per request
-            "cached_prompt_tokens": progress.cached_prompt_tokens,  # of those, prefix-cache hits (vLLM's count)
-        },
-        "throughput": {
+    lines = [parse_failure_line(counts["parse_failures"], counts["trajectories"], counts["parse_failure_reasons"])]
+    if counts["labelled_trajectories"]:
+        lines.append(f"correct trajectories: {counts['correct']}/{counts['labelled_trajectories']}")
+    return report.finish(
+        counts,
+        this_run={"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},
+        throughput={
             # This run's generation phase, engine start-up included ...
             "trajectories_per_s": round(progress.rows / gen_s, 3),
             "completion_tokens_per_s": round(progress.tokens / gen_s, 1),
@@ -305,27 +243,23 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
             # ... and the pace between the first and the last shard, once the engines run.
             "steady_trajectories_per_s": round(steady, 3) if steady is not None else None,
         },
-    }
-    path = out.write_manifest(manifest)
-    q = counts["quarantine_reasons"]
-    print(
-        f"[{job}] done in {fmt_duration(elapsed)}: {counts['samples_out']} samples -> {counts['trajectories']} trajectories "
-        f"({manifest['throughput']['trajectories_per_s']} traj/s this run), {counts['quarantined']} quarantined"
-        + (f" ({', '.join(f'{k}: {v}' for k, v in q.items())})" if q else ""),
-        file=stream,
+        extra={
+            "model": cfg.model,
+            "input_files": len(files),
+            "output_files": {"files": len(out.parts()), "merged_this_run": roller.merged, "target_bytes": roller.target},
+            "fault_policy": fault_policy().as_dict(),  # Ray Data retries, restarts and stall guard (cluster/pools.py)
+            "engines": {
+                "kind": cfg.engine,
+                "actors": cfg.concurrency,
+                "load_s": [round(x, 2) for x in progress.engine_load_s],  # each actor's engine start-up
+                # the generation phase less the engine start-up it waited for
+                "generation_s": round(max(gen_s - load_s, 0.0), 2),
+                "request_prompt_tokens": progress.request_prompt_tokens,  # sent to the engine, once per request
+                "cached_prompt_tokens": progress.cached_prompt_tokens,  # of those, prefix-cache hits (vLLM's count)
+            },
+        },
+        lines=lines,
     )
-    reasons = ", ".join(f"{k}: {v}" for k, v in counts["parse_failure_reasons"].items())
-    print(f"[{job}] parse failures {100 * counts['parse_failure_rate']:.1f}%" + (f" ({reasons})" if reasons else ""), file=stream)
-    if counts["labelled_trajectories"]:
-        print(f"[{job}] correct trajectories {counts['correct']}/{counts['labelled_trajectories']}", file=stream)
-    if not counts["reconciled"]:
-        print(
-            f"[{job}] WARNING: counts do not reconcile: {rows_in} in, {counts['samples_out']} out + {counts['quarantined']} "
-            f"quarantined, {counts['duplicate_keys']} duplicate keys",
-            file=stream,
-        )
-    print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
-    return manifest
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

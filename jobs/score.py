@@ -32,28 +32,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 
-from tribunal.cluster.pools import fault_policy
-from tribunal.jobs.engines import ENGINES, EngineConfig, SamplingConfig
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
-from tribunal.jobs.pipeline.outputs import OutputDir, Timer, package_versions
+from tribunal.jobs.engines import SamplingConfig
+from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.engine_job import EngineJobConfig, default_template
+from tribunal.jobs.pipeline.outputs import OutputDir
 from tribunal.jobs.pipeline.stages import StagePlan
+from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 
 MODES = ("prob", "grm")
 FORMS = ("pointwise", "group")
+KIND = "scored_rollout"
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(EngineJobConfig):
     """Everything that defines a scoring run."""
 
     input: str = opt("", "rollouts: a Parquet file or directory (local path or s3://...)")
     output: str = opt("", "output directory for scored rollout shards (local path or s3://...)")
-    mode: str = opt("prob", "prob: RLPR probability reward under --model (the policy); grm: GRM judgments", choices=MODES)
     model: str = opt("", "scoring model: the policy (prob) or the GRM (grm); a local model directory")
+    mode: str = opt("prob", "prob: RLPR probability reward under --model (the policy); grm: GRM judgments", choices=MODES)
     reference_column: str = opt(c.REFERENCE, "input column holding the reference answer (needed by prob mode)")
     chat_template: bool = opt(True, "prob: render the prompt with the model's chat template (else: the turns' text joined)")
     answer_open: str = opt("<answer>", "prob: tag opening the answer section")
@@ -62,45 +63,31 @@ class ScoreConfig:
     think_close: str = opt("</think>", "prob: tag closing the reasoning")
     format_weight: float | None = opt(None, "prob: reward = (1 - w) * r_hat + w * format_ok (RLPR uses 0.1); default: r_hat alone")
     form: str = opt("pointwise", "grm: pointwise (each rollout alone) or group (a prompt's rollouts together)", choices=FORMS)
-    template: str = opt("default", "grm: prompt template (default, or a template file)")
+    template: str | None = opt(None, "grm: prompt template (a built-in name or a template file; default: the one the model "
+                                     "records in tribunal_model.json, its one-response variant for pointwise; else default)")
     k: int = opt(4, "grm: GRM samples per rollout (pointwise) or per chunk (group)")
     max_n: int = opt(4, "grm group: rollouts judged together at most")
     temperature: float = opt(1.0, "grm: sampling temperature (0 = greedy)")
     top_p: float = opt(1.0, "grm: nucleus sampling mass")
     max_tokens: int = opt(512, "grm: max new tokens per judgment")
     seed: int = opt(0, "grm: run seed (permutations and sampling)")
-    engine: str = opt("transformers", "model backend", choices=ENGINES)
-    concurrency: int = opt(1, "engine actors in the pool")
-    num_gpus_per_actor: float | None = opt(None, "GPUs per engine actor (default: 1 for vllm, 0 for transformers)")
-    num_cpus_per_actor: float = opt(1.0, "CPUs per engine actor (the transformers engine uses that many threads)")
     batch_rollouts: int = opt(64, "rollouts per engine call (whole prompt groups: a block may hold more)")
-    dtype: str = opt("auto", "model dtype (auto, float32, bfloat16, float16)")
-    device: str = opt("auto", "transformers device: auto, cpu, cuda")
-    max_model_len: int | None = opt(None, "vLLM context length limit")
-    gpu_memory_utilization: float = opt(0.90, "vLLM share of GPU memory")
-    enforce_eager: bool = opt(False, "vLLM: run eagerly, without CUDA graphs or torch.compile (starts much faster; slower steady state on GPU)")
-    address: str | None = opt(None, "Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
-    overwrite: bool = opt(False, "delete an existing output directory first")
 
     def __post_init__(self) -> None:
-        check(bool(self.input), "input", "is required")
-        check(bool(self.output), "output", "is required")
-        check(bool(self.model), "model", "is required")
+        super().__post_init__()
+        if self.template is None and self.mode == "grm":
+            object.__setattr__(self, "template", default_template(self.model, single=self.form == "pointwise"))
         check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
         check(self.form in FORMS, "form", f"must be one of {FORMS}, got {self.form!r}")
         check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         check(self.max_n >= 1, "max_n", f"must be >= 1, got {self.max_n}")
         check(self.batch_rollouts >= 1, "batch_rollouts", f"must be >= 1, got {self.batch_rollouts}")
-        check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
         check(self.format_weight is None or 0 <= self.format_weight <= 1, "format_weight", f"must be in [0, 1], got {self.format_weight}")
         check(bool(self.answer_open) and bool(self.answer_close), "answer_open", "answer tags must be non-empty")
         check(bool(self.think_open) == bool(self.think_close), "think_open", "give both think tags or neither")
         check(0 <= self.temperature <= 2, "temperature", f"must be in [0, 2], got {self.temperature}")
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(kind=self.engine, model=self.model, task="generate", dtype=self.dtype, device=self.device,
-                            max_model_len=self.max_model_len, gpu_memory_utilization=self.gpu_memory_utilization,
-                            enforce_eager=self.enforce_eager)
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
 
     def answer_format(self):
         from tribunal.jobs.rewards.prob import AnswerFormat
@@ -117,23 +104,23 @@ class ScoreConfig:
         return {key: getattr(self, key) for key in keys}
 
 
-def build_stages(cfg: ScoreConfig, out: OutputDir) -> list[StagePlan]:
+def build_stages(cfg: ScoreConfig, out: OutputDir, board=None) -> list[StagePlan]:
     """score -> write, as plain data (the input blocks are whole prompt groups already)."""
-    from tribunal.cluster.pools import plan_pool
-    from tribunal.jobs.pipeline.scoring import GrmScoreStage, ProbScoreStage, write_scored_stage
+    from tribunal.jobs.pipeline.scoring import ROLLOUT_COLUMNS, STATS, GrmScoreStage, ProbScoreStage, write_scored_stage
 
-    pool = plan_pool(cfg.engine, cfg.concurrency, cfg.num_gpus_per_actor, None, cfg.num_cpus_per_actor)
     if cfg.mode == "prob":
         stage, ctor = ProbScoreStage, {"engine_cfg": cfg.engine_config(), "answer_format": cfg.answer_format(),
-                                       "format_weight": cfg.format_weight, "chat_template": cfg.chat_template}
+                                       "format_weight": cfg.format_weight, "chat_template": cfg.chat_template, "board": board}
     else:
         sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
         stage, ctor = GrmScoreStage, {"engine_cfg": cfg.engine_config(), "sampling": sampling, "template": cfg.template,
-                                      "form": cfg.form, "k": cfg.k, "max_n": cfg.max_n, "seed": cfg.seed}
+                                      "form": cfg.form, "k": cfg.k, "max_n": cfg.max_n, "seed": cfg.seed, "board": board}
     return [
-        StagePlan("score", stage, {"batch_format": "pyarrow", "batch_size": None, "fn_constructor_kwargs": ctor, **pool.map_batches_kwargs()}),
+        StagePlan("score", stage, {"batch_format": "pyarrow", "batch_size": None, "fn_constructor_kwargs": ctor, **cfg.pool().map_batches_kwargs()},
+                  needs=ROLLOUT_COLUMNS, emits=tuple(arrow.SCORED_ROLLOUT.names)),
         StagePlan("write", write_scored_stage, {"batch_format": "pyarrow", "batch_size": None,
-                                                 "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "run": out.run}}),
+                                                 "fn_kwargs": {"out_dir": out.path, "fs": out.fs, "run": out.run, "quarantine_dir": out.quarantine}},
+                  needs=(c.PROMPT_ID, c.ROLLOUT_INDEX, c.REWARD, c.REWARD_REASON), emits=tuple(STATS.names)),
     ]
 
 
@@ -172,8 +159,8 @@ def read_rollouts(cfg: ScoreConfig, out: OutputDir):
     return valid, table.num_rows, quarantined.num_rows
 
 
-def summarize(out: OutputDir, rows_in: int, quarantined: int) -> dict:
-    """Counts from the shards themselves (they cover resumed runs too) and the reconciliation."""
+def summarize(out: OutputDir, rows_in: int) -> dict:
+    """Counts from the shards themselves (they cover resumed runs too)."""
     import polars as pl
 
     parts = out.parts()
@@ -182,13 +169,14 @@ def summarize(out: OutputDir, rows_in: int, quarantined: int) -> dict:
     reasons = dict(sorted((str(k), int(v)) for k, v in df.filter(pl.col(c.REWARD_REASON).is_not_null()).group_by(c.REWARD_REASON).len().iter_rows()))
     duplicates = int(df.select(c.PROMPT_ID, c.ROLLOUT_INDEX).is_duplicated().sum()) if len(df) else 0
     rewards = df[c.REWARD].drop_nulls()
+    quarantined = out.quarantine_counts()
     return {
         "rows_in": rows_in,
+        "rows_out": len(df),
         "rollouts_scored": len(df),
         "prompts": df[c.PROMPT_ID].n_unique() if len(df) else 0,
-        "quarantined": quarantined,
-        "quarantine_reasons": out.quarantine_counts(),
-        "reconciled": rows_in == len(df) + quarantined and duplicates == 0,
+        "quarantined": sum(quarantined.values()),
+        "quarantine_reasons": quarantined,
         "duplicate_keys": duplicates,
         "null_rewards": int(df[c.REWARD].null_count()),
         "reward_reasons": reasons,
@@ -200,55 +188,58 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
     """Score every rollout not yet scored (resuming a previous run) and return the manifest."""
     import ray.data
 
+    from tribunal.cluster.pools import fault_policy
     from tribunal.cluster.ray_cluster import connect
-    from tribunal.jobs.engines import check_model_dir
-    from tribunal.jobs.pipeline.progress import Progress, fmt_duration
+    from tribunal.jobs.pipeline.progress import Progress
+    from tribunal.jobs.pipeline.report import RunReport, Units, reasons_text
+    from tribunal.jobs.pipeline.runner import run_plan, new_board
     from tribunal.jobs.pipeline.scoring import blocks_of_prompts
 
-    stream = stream or sys.stderr
-    timer = Timer()
-    check_model_dir(cfg.model)
+    cfg.preflight()
     if cfg.mode == "grm":
         from tribunal.jobs.grm.protocol import load_template
 
         load_template(cfg.template)
     out = OutputDir(cfg.output)
-    out.prepare_run(cfg.settings(), cfg.overwrite)
+    report = RunReport(job, KIND, cfg, out, Units("rollouts"), stream)
+    out.prepare_run(cfg.settings(), cfg.overwrite, kind=KIND, inputs=[cfg.input])
     valid, rows_in, quarantined = read_rollouts(cfg, out)
     blocks = blocks_of_prompts(valid, cfg.batch_rollouts)
     where = connect(cfg.address)
+    cfg.check_fits()
     todo_prompts = len(set(valid[c.PROMPT_ID].to_pylist()))
-    print(f"[{job}] {rows_in} rollouts in, {quarantined} quarantined, {valid.num_rows} to score ({todo_prompts} prompts, "
-          f"{len(blocks)} blocks); mode {cfg.mode}{'/' + cfg.form if cfg.mode == 'grm' else ''}; {cfg.engine} on {where}", file=stream)
-    timer.mark("prepared")
-    progress = Progress(job, total=todo_prompts, unit="rollouts", stream=stream)
+    mode = f"mode {cfg.mode}" + (f"/{cfg.form}, template {cfg.template}" if cfg.mode == "grm" else "")
+    report.say(f"{rows_in} rollouts in, {quarantined} quarantined, {valid.num_rows} to score ({todo_prompts} prompts, "
+               f"{len(blocks)} blocks); {mode}; {cfg.engine} on {where}")
+    report.mark("prepared")
+    grm = cfg.mode == "grm"
+    progress = Progress(job, total=valid.num_rows, unit="rollouts", rows="judgments" if grm else "scored", stream=report.stream,
+                        engines=cfg.concurrency, rows_total=valid.num_rows * cfg.k if grm and cfg.form == "pointwise" else None,
+                        show_failures=False)
     if blocks:
-        ds = ray.data.from_arrow(blocks)
-        for st in build_stages(cfg, out):
-            ds = st.apply(ds)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                progress.update(row["prompts"], row["rollouts"], row["special"])
-    timer.mark("scored")
-    counts = summarize(out, rows_in, quarantined)
+        progress.engines_loading(cfg.engine)
+        board = new_board()
+
+        def on_shard(row: dict) -> None:
+            progress.update(row["rollouts"] + row["quarantined"], row["rollouts"], 0)
+
+        run_plan(ray.data.from_arrow(blocks), build_stages(cfg, out, board), progress, on_shard, board, columns=valid.column_names)
+    report.mark("scored")
+    counts = summarize(out, rows_in)
     progress.print()
-    score_s = max(timer.marks["scored"] - timer.marks["prepared"], 1e-9)
-    manifest = {
-        "job": job, "config": to_dict(cfg), "settings": cfg.settings(), "versions": package_versions(),
-        "model": cfg.model, "output": out.display(), "schema": "scored_rollout", "counts": counts,
-        "this_run": {"prompts": progress.samples, "rollouts": progress.rows, "resumed_from_rollouts": counts["rollouts_scored"] - progress.rows},
-        "timings_s": timer.marks,
-        "fault_policy": fault_policy().as_dict(),  # Ray Data retries, restarts and stall guard (cluster/pools.py)
-        "throughput": {"rollouts_per_s": round(progress.rows / score_s, 3)},
-    }
-    path = out.write_manifest(manifest)
-    rr = ", ".join(f"{k} {v}" for k, v in counts["reward_reasons"].items())
-    print(f"[{job}] done in {fmt_duration(time.time() - timer.start)}: {counts['rollouts_scored']} rollouts scored "
-          f"({manifest['throughput']['rollouts_per_s']}/s this run), {counts['null_rewards']} without a reward"
-          + (f"; special: {rr}" if rr else "") + f"; {quarantined} quarantined"
-          + ("" if counts["reconciled"] else " (DO NOT RECONCILE)"), file=stream)
-    print(f"[{job}] output: {out.display()} (manifest: {path})", file=stream)
-    return manifest
+    score_s = max(report.timer.marks["scored"] - report.timer.marks["prepared"], 1e-9)
+    rewards = f"rewards: {counts['rows_out'] - counts['null_rewards']} of {counts['rows_out']} rollouts"
+    if counts["reward_mean"] is not None:
+        rewards += f", mean {counts['reward_mean']:.4g}"
+    if counts["reward_reasons"]:
+        rewards += f"; special: {reasons_text(counts['reward_reasons'])}"
+    return report.finish(
+        counts,
+        this_run={"rollouts": progress.rows, "resumed_from_rollouts": counts["rows_out"] - progress.rows},
+        throughput={"rollouts_per_s": round(progress.rows / score_s, 3)},
+        extra={"model": cfg.model, "fault_policy": fault_policy().as_dict()},
+        lines=[rewards],
+    )
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

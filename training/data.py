@@ -28,6 +28,10 @@ Step ``s`` of an epoch covers order positions ``[s*G, (s+1)*G)``; rank ``r`` tak
 contiguous ``micro_batch * grad_accum`` of it and splits it into ``grad_accum`` micro-batches.
 ``consumed_samples`` (global, over all epochs) fixes the position exactly: a resumed run yields the
 same micro-batches as an uninterrupted one from there on.
+
+Also here: ``Prefetch`` (the trainer reads and tokenizes the next steps on a thread while this one
+computes), ``write_sft_corpus`` (a small corpus written in code) and ``corpus_template`` (the GRM
+template a corpus's manifest names).
 """
 
 from __future__ import annotations
@@ -323,10 +327,11 @@ class ShardedReader:
             epoch, step = epoch + 1, 0
 
 
-def write_sft_corpus(rows: list[dict], out, *, job: str, rows_per_group: int = 256):
+def write_sft_corpus(rows: list[dict], out, *, job: str, rows_per_group: int = 256, template: str | None = None):
     """A small SFT corpus built in memory (``rows`` in the ``SFT`` schema), written as a local
-    directory the way ``rft-filter`` writes one, ``part-00000.parquet`` and ``_manifest.json``, so
-    ``train sft`` reads it like any other; returns the directory."""
+    directory the way ``rft-filter`` writes one, ``part-00000.parquet`` and ``_manifest.json`` (with
+    the GRM ``template`` the prompts were rendered with, when given: ``train sft`` records it in the
+    model it exports), so ``train sft`` reads it like any other; returns the directory."""
     import pathlib
 
     import pyarrow.parquet as pq
@@ -337,5 +342,75 @@ def write_sft_corpus(rows: list[dict], out, *, job: str, rows_per_group: int = 2
     out.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=arrow.SFT)
     pq.write_table(table, out / "part-00000.parquet", row_group_size=rows_per_group)
-    (out / "_manifest.json").write_text(json.dumps({"job": job, "rows": table.num_rows}, indent=2) + "\n")
+    manifest = {"job": job, "rows": table.num_rows, **({"template": template} if template else {})}
+    (out / "_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
+
+
+def corpus_template(uri: str) -> str | None:
+    """The GRM template a corpus's prompts were rendered with, as its ``_manifest.json`` says
+    (``rft``/``rft-filter``: ``config.template`` as the user gave it, else ``template``, the name it
+    resolved to), or None (no manifest, a single file, or no key)."""
+    fs, path = storage.resolve(uri)
+    mpath = storage.join(path, MANIFEST)
+    try:
+        if not fs.isdir(path) or not fs.exists(mpath):
+            return None
+        with fs.open(mpath, "r") as fh:
+            manifest = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    for value in (config.get("template"), manifest.get("template")):
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+class Prefetch:
+    """Iterate ``items`` on a background thread, at most ``ahead`` items ahead; errors re-raised in
+    the consumer. ``close()`` stops the thread (it may be reading) before the reader is closed."""
+
+    _DONE = object()
+
+    def __init__(self, items, ahead: int) -> None:
+        import queue
+        import threading
+
+        self._q: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._items = items
+        self._thread = threading.Thread(target=self._work, daemon=True, name="tribunal-prefetch")
+        self._thread.start()
+
+    def _work(self) -> None:
+        try:
+            for item in self._items:
+                if self._stop.is_set():
+                    return
+                self._q.put(item)
+            self._q.put(self._DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._q.put(e)
+
+    def __iter__(self):
+        while True:
+            item = self._q.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.05)  # unblock a pending put
+            except queue.Empty:
+                pass
+        self._thread.join()

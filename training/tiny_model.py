@@ -20,7 +20,8 @@ and gives the same weights given the seed (and the torch thread count).
 Input: nothing (all data is generated in code; prompts are rendered with ``tribunal.jobs.grm.protocol`` and
 its built-in templates). Output: a directory loadable with
 ``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` (safetensors),
-plus ``tribunal_model.json`` describing the build.
+plus ``tribunal_model.json`` describing the build and recording the template the jobs default to
+(``template`` and ``template_single``: ``default``).
 
 Run::
 
@@ -40,6 +41,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from tribunal.training.model_record import MANIFEST_NAME, template_keys  # light: stdlib and the text protocol
+
 __all__ = [
     "CHAT_TEMPLATE",
     "COMMITTED",
@@ -51,7 +54,9 @@ __all__ = [
     "synthetic_examples",
 ]
 
-MANIFEST_NAME = "tribunal_model.json"
+# The templates the model is trained on (``default`` for 1-4 responses, ``single`` for one), as its
+# manifest records them for the jobs: a default-trained model scores one response with ``default``.
+TEMPLATE = "default"
 # The committed build with the defaults (seed 0, 300 steps): what the tests and `make demo-tiny`
 # load. `python -m tribunal.training.tiny_model --output training/models/tiny-grm` rebuilds it.
 COMMITTED = pathlib.Path(__file__).resolve().parent / "models" / "tiny-grm"
@@ -362,7 +367,8 @@ def _train_with_the_trainer(base: pathlib.Path, work: pathlib.Path, *, seed: int
 
     from tribunal.training.data import write_sft_corpus
 
-    corpus = write_sft_corpus(sft_rows(train_steps * batch_size, seed), work / "corpus", job="tiny-model", rows_per_group=64)
+    corpus = write_sft_corpus(sft_rows(train_steps * batch_size, seed), work / "corpus", job="tiny-model", rows_per_group=64,
+                              template=TEMPLATE)
     run = work / "run"
     cmd = [sys.executable, "-m", "tribunal.jobs.cli", "train", "sft", "--data", str(corpus), "--model", str(base),
            "--output", str(run), "--nproc", "1", "--micro-batch", str(batch_size), "--max-steps", str(train_steps),
@@ -465,6 +471,7 @@ def build_tiny_model(
     manifest = {
         "kind": "tribunal tiny GRM (synthetic, format-only)",
         "architecture": "LlamaForCausalLM",
+        **template_keys(TEMPLATE),
         "seed": seed,
         "train_steps": train_steps,
         "batch_size": batch_size,

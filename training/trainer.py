@@ -2,39 +2,41 @@
 
 ``train(cfg, task)`` is the training function: it runs in every rank, under ``torchrun``, the
 ``deepspeed`` launcher or Ray Train's ``TorchTrainer`` (all of them set ``RANK``/``WORLD_SIZE``/
-``MASTER_ADDR``), unchanged. On CPU the process group is gloo.
+``MASTER_ADDR``), unchanged. On CPU the process group is gloo. It is the loop at the end of this
+module, over a ``Trainer`` shaped after torchtune's recipe interface:
 
-- data: ``training.data.ShardedReader`` (exactly once per epoch, the same steps on every rank);
-- model: the task loads it (causal LM or one-logit classifier) and turns micro-batches into a loss
-  whose gradient is normalised by a count summed over every rank and micro-batch of the step;
-- checkpoints: ``OUT/checkpoints/`` (DeepSpeed's own, every ``--save-every`` steps and at the end)
-  with the data position in the client state (``consumed_samples``, epoch, seed, corpus hash): a
-  re-run of the same command after a kill resumes exactly where the last checkpoint was taken;
-- export: ``OUT/model/`` in Hugging Face format (safetensors, tokenizer, chat template, generation
-  config), gathered from any ZeRO stage, loadable as ``--model`` / ``--meta-rm``;
-- logging: a progress line and one JSON line in ``OUT/train_log.jsonl`` every ``--log-every``
-  steps; ``OUT/train_summary.json`` at the end.
+- ``setup``: the process group, ``training.data.ShardedReader`` (exactly once per epoch, the same
+  steps on every rank), the model (the task loads a causal LM or a one-logit classifier) and the
+  DeepSpeed engine;
+- ``resume``: ``OUT/checkpoints/`` (DeepSpeed's own) holds the data position in its client state
+  (``consumed_samples``, epoch, seed, corpus hash): a re-run of the same command after a kill goes
+  on exactly where the last checkpoint was taken; a checkpoint of another run is refused;
+- ``step``: one optimizer step, its loss normalised by a count summed over every rank and
+  micro-batch of the step; ``log_progress``: a progress line (with the meta-RM's held-out metrics
+  when they are computed) and one JSON line in ``OUT/train_log.jsonl`` every ``--log-every`` steps;
+- ``save_checkpoint``: every ``--save-every`` steps and at the end;
+- ``finish``: ``OUT/train_summary.json`` and the export ``OUT/model/`` in Hugging Face format
+  (safetensors, tokenizer, chat template, generation config, ``tribunal_model.json``), gathered
+  from any ZeRO stage, loadable as ``--model`` / ``--meta-rm``.
 
-``tribunal train sft|metarm ...`` launches ``torchrun --nproc-per-node N`` on this machine.
+``tribunal train sft|metarm ...`` (``training/launch.py``) checks what it can on the driver, then
+launches ``torchrun --nproc-per-node N`` on this machine.
 
 Run::
 
-    tribunal train sft --data rft_run/sft --model BASE --output ckpt/grm --deepspeed training/configs/zero3.json
+    tribunal train sft --data rft_run/sft --model BASE --output ckpt/grm --deepspeed zero3
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tribunal.jobs.pipeline.config import add_arguments, check, load_config, opt, to_dict
+from tribunal.jobs.pipeline.config import check, opt, to_dict
 from tribunal.schemas.errors import TribunalError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -43,6 +45,10 @@ LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
 CHECKPOINTS = "checkpoints"
 EXPORT = "model"
+# What a checkpoint must share with this run to be resumed (its client state holds them).
+MUST_MATCH = ("seed", "corpus_hash", "global_batch", "task", "bucket_window")
+# Options of one task only: `tribunal train TASK --help` shows its own; a config giving another's is refused.
+TASK_ONLY = {"sft": ("template",), "metarm": ("holdout", "eval_every", "pos_weight")}
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,9 @@ class TrainConfig:
 
     data: str = opt("", "corpus directory: committed part-*.parquet files (local or s3://), e.g. rft_run/sft")
     model: str = opt("", "base model directory (Hugging Face format)")
-    output: str = opt("", "run directory: checkpoints/, model/ (the export), train_log.jsonl, train_summary.json")
-    deepspeed: str = opt(str(CONFIGS / "zero0.json"), "DeepSpeed JSON config ('auto' values are filled from these options)")
+    output: str = opt("", "run directory: checkpoints/, model/ (the export), train_log.jsonl, train_summary.json, logs/")
+    deepspeed: str = opt("zero0", "DeepSpeed JSON config: a file, or a shipped one: zero0, zero1, zero2, zero3, zero2_offload, "
+                                  "zero3_offload ('auto' values are filled from these options)")
     micro_batch: int = opt(2, "examples per rank per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     epochs: int = opt(1, "passes over the corpus")
@@ -67,9 +74,11 @@ class TrainConfig:
     bucket_window: int = opt(0, "length bucketing: sort rows by length within windows of this many global batches (0: off; less padding)")
     log_every: int = opt(10, "optimizer steps between log lines")
     save_every: int = opt(100, "optimizer steps between checkpoints (and one at the end)")
-    holdout: float = opt(0.0, "meta-RM: fraction of rows held out for evaluation (accuracy, ROC-AUC, BCE)")
-    eval_every: int | None = opt(None, "meta-RM: optimizer steps between held-out evaluations, a multiple of --log-every (default: every log line; 0: only at the end)")
-    pos_weight: float | None = opt(None, "meta-RM: BCE weight of positive labels (for unbalanced corpora)")
+    template: str | None = opt(None, "GRM template the corpus's prompts were rendered with, recorded in the export's tribunal_model.json "
+                                     "for the jobs (default: the corpus's _manifest.json, else the base model's record, else default)")
+    holdout: float = opt(0.0, "fraction of rows held out for evaluation (accuracy, ROC-AUC, BCE)")
+    eval_every: int | None = opt(None, "optimizer steps between held-out evaluations, a multiple of --log-every (default: every log line; 0: only at the end)")
+    pos_weight: float | None = opt(None, "BCE weight of positive labels (for unbalanced corpora)")
     record_ids: bool = opt(False, "write the example keys of every step to OUT/ids-rank<r>.jsonl (audit: which rows each rank trained on)")
     nproc: int = opt(2, "processes started by `tribunal train` on this machine (torchrun)")
     dist_timeout_s: int = opt(300, "collective timeout in seconds (a hang fails instead of waiting forever)")
@@ -89,13 +98,44 @@ class TrainConfig:
         check(self.pos_weight is None or self.pos_weight > 0, "pos_weight", f"must be > 0, got {self.pos_weight}")
 
 
+def check_task(cfg: TrainConfig, task_name: str) -> None:
+    """``task_name`` is a task, and ``cfg`` sets no option of the other task (a YAML can hold any key)."""
+    if task_name not in TASKS:
+        raise TribunalError(f"task must be one of {TASKS}, got {task_name!r}")
+    if task_name == "sft" and cfg.holdout:
+        raise TribunalError("--holdout is for the meta-RM (train metarm); SFT reports no held-out metrics")
+    for other, keys in TASK_ONLY.items():
+        for key in keys:
+            if other != task_name and getattr(cfg, key) not in (None, 0, 0.0):
+                raise TribunalError(f"--{key.replace('_', '-')} is for train {other}, not train {task_name}")
+
+
+def task_class(task_name: str):
+    """The task's model, batches and loss: ``SftTask`` or ``MetaRmTask`` (both light to import)."""
+    if task_name == "sft":
+        from tribunal.training.sft import SftTask
+
+        return SftTask
+    from tribunal.training.metarm import MetaRmTask
+
+    return MetaRmTask
+
+
+def deepspeed_path(name_or_path: str) -> Path:
+    """A shipped config by name (``zero3``) or a JSON file."""
+    shipped = CONFIGS / f"{name_or_path}.json"
+    return shipped if "/" not in name_or_path and shipped.is_file() else Path(name_or_path)
+
+
 def deepspeed_config(cfg: TrainConfig, world: int) -> dict[str, Any]:
     """The JSON config with its ``auto`` values filled from ``cfg``."""
+    path = deepspeed_path(cfg.deepspeed)
     try:
-        with open(cfg.deepspeed, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             ds = json.load(fh)
     except OSError as e:
-        raise TribunalError(f"cannot read DeepSpeed config {cfg.deepspeed}: {e.strerror}") from None
+        shipped = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.json")))
+        raise TribunalError(f"cannot read DeepSpeed config {cfg.deepspeed}: {e.strerror} (shipped: {shipped})") from None
     except json.JSONDecodeError as e:
         raise TribunalError(f"{cfg.deepspeed}: not JSON ({e})") from None
 
@@ -116,11 +156,19 @@ def deepspeed_config(cfg: TrainConfig, world: int) -> dict[str, Any]:
     return ds
 
 
-class Logger:
-    """Rank 0's progress lines and JSONL log."""
+def held_out_text(metrics: dict[str, Any]) -> str:
+    """The meta-RM's held-out metrics for a console line."""
+    auc = metrics.get("eval_roc_auc")
+    return (f"held-out accuracy {metrics['eval_accuracy']:.3f} roc_auc {'n/a' if auc is None else f'{auc:.3f}'} "
+            f"bce {metrics['eval_bce']:.4f} ({metrics['eval_rows']} rows)")
 
-    def __init__(self, out: Path, rank: int, job: str) -> None:
-        self.rank, self.job = rank, job
+
+class Logger:
+    """Rank 0's progress lines (stderr, and ``console`` when the rank's own output goes to a log
+    file) and its JSONL log; other ranks' calls do nothing."""
+
+    def __init__(self, out: Path, rank: int, job: str, console=None) -> None:
+        self.rank, self.job, self.console = rank, job, console
         self.file = open(out / LOG_FILE, "a", encoding="utf-8") if rank == 0 else None
 
     def __call__(self, record: dict[str, Any], line: str | None = None) -> None:
@@ -129,7 +177,15 @@ class Logger:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if line:
-            print(f"[train {self.job}] {line}", file=sys.stderr, flush=True)
+            self.say(line)
+
+    def say(self, line: str) -> None:
+        if self.file is None:
+            return
+        text = f"[train {self.job}] {line}"
+        print(text, file=sys.stderr, flush=True)
+        if self.console is not None:
+            print(text, file=self.console, flush=True)
 
 
 def _skip_inference_comm_op() -> None:
@@ -160,233 +216,226 @@ def _init_distributed(cfg: TrainConfig):
     return dist.get_rank(), dist.get_world_size()
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> bool:
-    return (ckpt_dir / "latest").exists()
+@dataclass
+class _Window:
+    """What the steps since the last log line add up to (global sums over every rank)."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    examples: int = 0
+    t0: float = field(default_factory=time.time)
 
 
-def check_task(cfg: TrainConfig, task_name: str) -> None:
-    if task_name not in TASKS:
-        raise TribunalError(f"task must be one of {TASKS}, got {task_name!r}")
-    if task_name == "sft" and cfg.holdout:
-        raise TribunalError("--holdout is for the meta-RM (train metarm); SFT reports no held-out metrics")
+class Trainer:
+    """One rank of a training run, in the shape of torchtune's ``FTRecipeInterface``: ``setup``,
+    ``resume``, ``step``, ``save_checkpoint``, ``finish``. ``train`` is the loop that calls them."""
 
+    def __init__(self, cfg: TrainConfig, task_name: str, console=None) -> None:
+        check_task(cfg, task_name)
+        self.cfg, self.task_name, self.console = cfg, task_name, console
+        self.started = time.time()
+        self.out = Path(cfg.output)
+        self.ckpt_dir = self.out / CHECKPOINTS
+        self.consumed, self.epoch = 0, 0  # global samples consumed; the epoch of the last step
+        self.counters: dict[str, int] = {}  # this rank's task counters (rows filtered, labels seen ...)
+        self.last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest held-out evaluation
+        self.eval_every = cfg.log_every if cfg.eval_every is None else cfg.eval_every
+        self.window = _Window()
 
-def train(cfg: TrainConfig, task_name: str) -> dict[str, Any]:
-    """The training function: run in every rank; returns the summary (rank 0 writes it)."""
-    import deepspeed
-    import torch
-    import torch.distributed as dist
+    # -- setup and resume ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Process group, output directory and log, corpus reader, model and DeepSpeed engine."""
+        import deepspeed
+        import torch
 
-    from tribunal.training.data import Corpus, ShardedReader
+        from tribunal.training.data import Corpus, ShardedReader
+        from tribunal.training.model_record import export_record
 
-    check_task(cfg, task_name)
-    started = time.time()
-    rank, world = _init_distributed(cfg)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out, rank, task_name)
-    torch.manual_seed(cfg.seed)
+        cfg = self.cfg
+        self.rank, self.world = _init_distributed(cfg)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = Logger(self.out, self.rank, self.task_name, self.console)
+        torch.manual_seed(cfg.seed)
+        Task = task_class(self.task_name)
+        self.corpus = Corpus.open(cfg.data, Task.REQUIRED)
+        self.record = export_record(cfg, self.task_name)  # the export's tribunal_model.json (the template)
+        self.reader = ShardedReader(self.corpus, self.rank, self.world, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle_window,
+                                    holdout=cfg.holdout, log=self._log_dropped, bucket_window=cfg.bucket_window)
+        self.task = Task(cfg, self.world)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.task.model, model_parameters=[p for p in self.task.model.parameters() if p.requires_grad],
+            config=deepspeed_config(cfg, self.world), dist_init_required=False,
+        )
+        self.task.engine = self.engine
+        self.dtype = torch.bfloat16 if self.engine.bfloat16_enabled() else torch.float32
+        self.total_steps = self.reader.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
 
-    if task_name == "sft":
-        from tribunal.training.sft import SftTask as Task
-    else:
-        from tribunal.training.metarm import MetaRmTask as Task
-    corpus = Corpus.open(cfg.data, Task.REQUIRED)
+    def _log_dropped(self, epoch: int, keys: list[str]) -> None:
+        self.log({"event": "dropped", "epoch": epoch, "count": len(keys), "keys": keys})
 
-    def log_dropped(epoch: int, keys: list[str]) -> None:
-        log({"event": "dropped", "epoch": epoch, "count": len(keys), "keys": keys})
+    def _client_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides DeepSpeed's state: the data position, and what must match to resume."""
+        return {"consumed_samples": self.consumed, "epoch": self.epoch, "seed": self.cfg.seed, "corpus_hash": self.corpus.digest,
+                "global_batch": self.reader.global_batch, "task": self.task_name, "counters": self.counters,
+                "bucket_window": self.cfg.bucket_window}
 
-    reader = ShardedReader(corpus, rank, world, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle_window, holdout=cfg.holdout, log=log_dropped,
-                           bucket_window=cfg.bucket_window)
-    task = Task(cfg, world)
-    ds_config = deepspeed_config(cfg, world)
-    engine, _, _, _ = deepspeed.initialize(
-        model=task.model, model_parameters=[p for p in task.model.parameters() if p.requires_grad], config=ds_config, dist_init_required=False
-    )
-    task.engine = engine
-    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+    def resume(self) -> None:
+        """Load the latest checkpoint, if there is one, once it is known to be this run's (same
+        seed, corpus, global batch, task and bucketing); the data position comes with it."""
+        if (self.ckpt_dir / "latest").exists():
+            _, client = self.engine.load_checkpoint(str(self.ckpt_dir), load_optimizer_states=True, load_lr_scheduler_states=True)
+            if client is None:
+                raise TribunalError(f"{self.ckpt_dir}: the latest checkpoint cannot be loaded")
+            state = self._client_state()
+            for key in MUST_MATCH:
+                # bucket_window: a checkpoint from before the option trained without bucketing
+                if client.get(key, 0 if key == "bucket_window" else None) != state[key]:
+                    raise TribunalError(f"{self.ckpt_dir}: checkpoint has {key}={client.get(key)!r}, this run has {state[key]!r}: use another --output")
+            self.consumed = int(client["consumed_samples"])
+            self.counters = dict(client.get("counters", {}))
+            self.log({"event": "resume", "consumed_samples": self.consumed, "epoch": client.get("epoch"), "step": self.engine.global_steps},
+                     f"resumed from {self.ckpt_dir} at step {self.engine.global_steps} ({self.consumed} samples consumed)")
+        self.ids_file = open(self.out / f"ids-rank{self.rank}.jsonl", "a", encoding="utf-8") if self.cfg.record_ids else None
+        self.engine.train()
+        reader = self.reader
+        self.epoch = reader.position(self.consumed)[0] if self.consumed < reader.samples_per_epoch * self.cfg.epochs else self.cfg.epochs
+        self.window = _Window()
 
-    ckpt_dir = out / CHECKPOINTS
-    consumed = 0
-    counters: dict[str, int] = {}
-    if _latest_checkpoint(ckpt_dir):
-        _, client = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True, load_lr_scheduler_states=True)
-        if client is None:
-            raise TribunalError(f"{ckpt_dir}: the latest checkpoint cannot be loaded")
-        for key, want in (("seed", cfg.seed), ("corpus_hash", corpus.digest), ("global_batch", reader.global_batch), ("task", task_name),
-                          ("bucket_window", cfg.bucket_window)):
-            if client.get(key, 0 if key == "bucket_window" else None) != want:
-                raise TribunalError(
-                    f"{ckpt_dir}: checkpoint has {key}={client.get(key)!r}, this run has {want!r}: use another --output"
-                )
-        consumed = int(client["consumed_samples"])
-        counters = dict(client.get("counters", {}))
-        log({"event": "resume", "consumed_samples": consumed, "epoch": client.get("epoch"), "step": engine.global_steps},
-            f"resumed from {ckpt_dir} at step {engine.global_steps} ({consumed} samples consumed)")
+    # -- the steps ---------------------------------------------------------------------------------
+    @property
+    def global_step(self) -> int:
+        return self.engine.global_steps
 
-    total_steps = reader.steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    def lr_at(step: int) -> float:
+    def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based): a function of the step alone, so
         a resumed run follows the same curve."""
+        cfg = self.cfg
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         if cfg.lr_schedule == "cosine":
             import math
 
-            progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.total_steps - 1 - cfg.warmup_steps))
             return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         return cfg.lr
 
-    def save(epoch: int) -> None:
-        client = {"consumed_samples": consumed, "epoch": epoch, "seed": cfg.seed, "corpus_hash": corpus.digest,
-                  "global_batch": reader.global_batch, "task": task_name, "counters": counters, "bucket_window": cfg.bucket_window}
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step{engine.global_steps}", client_state=client)
+    def prepared_steps(self):
+        """(micro-batches, prepared tensors, their counters) per optimizer step, in order from the
+        resumed position (read now, not when the prefetch thread starts)."""
+        return self._prepare(self.consumed)
 
-    ids_file = open(out / f"ids-rank{rank}.jsonl", "a", encoding="utf-8") if cfg.record_ids else None
-    engine.train()
-    eval_every = cfg.log_every if cfg.eval_every is None else cfg.eval_every
-    last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest held-out evaluation
-    window = {"loss": 0.0, "steps": 0, "tokens": 0, "examples": 0, "t0": time.time()}
-    epoch = reader.position(consumed)[0] if consumed < reader.samples_per_epoch * cfg.epochs else cfg.epochs
-
-    def steps(start: int):
-        """(micro-batches, prepared tensors, their counters) per optimizer step, in order."""
+    def _prepare(self, start: int):
         group = []
-        for mb in reader.batches(start, cfg.epochs):
+        for mb in self.reader.batches(start, self.cfg.epochs):
             group.append(mb)
-            if len(group) == cfg.grad_accum:
+            if len(group) == self.cfg.grad_accum:
                 local: dict[str, int] = {}
-                with task.lock:
-                    prepared = [task.prepare(m.rows, local) for m in group]
+                with self.task.lock:
+                    prepared = [self.task.prepare(m.rows, local) for m in group]
                 yield group, prepared, local
                 group = []
 
-    # Reading and tokenizing the next steps overlaps this step's compute (a thread, two steps ahead).
-    ahead = Prefetch(steps(consumed), ahead=2)
-    for step_micro, prepared, local in ahead:
-        if engine.global_steps >= total_steps:
-            break
+    def step(self, batch) -> None:
+        """One optimizer step. Its micro-batches are prepared first, so the normaliser (summed over
+        the step's micro-batches and every rank) is known before the first backward."""
+        import torch
+        import torch.distributed as dist
+
+        micro, prepared, local = batch
+        cfg, engine = self.cfg, self.engine
         for k, v in local.items():
-            counters[k] = counters.get(k, 0) + v
-        # One optimizer step: batches prepared first, so the normaliser (summed over the step's
-        # micro-batches and every rank) is known before the first backward.
+            self.counters[k] = self.counters.get(k, 0) + v
         norm = torch.tensor([float(sum(p.norm for p in prepared))], dtype=torch.float64)
         dist.all_reduce(norm)
         norm_value = max(norm.item(), 1.0)
         if cfg.warmup_steps or cfg.lr_schedule != "constant":
             for group in engine.optimizer.param_groups:
-                group["lr"] = lr_at(engine.global_steps)
+                group["lr"] = self.lr_at(engine.global_steps)
         step_loss = 0.0
         for p in prepared:
-            loss_sum = task.loss_sum(p, dtype)
+            loss_sum = self.task.loss_sum(p, self.dtype)
             # DeepSpeed averages gradients over ranks and divides by the accumulation steps:
             # scale back so the gradient is d(sum of losses)/global count.
-            engine.backward(loss_sum * (world * cfg.grad_accum / norm_value))
+            engine.backward(loss_sum * (self.world * cfg.grad_accum / norm_value))
             engine.step()
             step_loss += float(loss_sum.detach())
-        epoch, consumed = step_micro[-1].epoch, step_micro[-1].consumed_samples
-        if ids_file is not None:
+        self.epoch, self.consumed = micro[-1].epoch, micro[-1].consumed_samples
+        if self.ids_file is not None:
             from tribunal.training.data import example_keys
 
-            keys = [k for m in step_micro for k in example_keys(m.rows)]
-            ids_file.write(json.dumps({"step": engine.global_steps, "epoch": epoch, "keys": keys}) + "\n")
-            ids_file.flush()
+            keys = [k for m in micro for k in example_keys(m.rows)]
+            self.ids_file.write(json.dumps({"step": engine.global_steps, "epoch": self.epoch, "keys": keys}) + "\n")
+            self.ids_file.flush()
         # step_loss: the sum over this rank; the global mean needs every rank's share.
         shares = torch.tensor([step_loss, float(sum(p.tokens for p in prepared)), float(sum(p.examples for p in prepared))], dtype=torch.float64)
         dist.all_reduce(shares)
-        window["loss"] += shares[0].item() / norm_value
-        window["tokens"] += int(shares[1].item())
-        window["examples"] += int(shares[2].item())
-        window["steps"] += 1
-        step = engine.global_steps
-        if step % cfg.log_every == 0 or step == total_steps:
-            elapsed = max(time.time() - window["t0"], 1e-9)
-            record = {"event": "train", "step": step, "epoch": epoch, "consumed_samples": consumed,
-                      "loss": window["loss"] / window["steps"], "lr": lr_at(step - 1),
-                      "tokens_per_s": window["tokens"] / elapsed, "examples_per_s": window["examples"] / elapsed,
-                      "tokens": window["tokens"], "examples": window["examples"], "seconds": elapsed}
-            if task.has_eval and reader.holdout_rows and (step == total_steps or (eval_every and step % eval_every == 0)):
-                last_eval = (step, task.evaluate(reader, dtype))
-                record.update(last_eval[1])
-            log(record, f"step {step}/{total_steps} epoch {epoch} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                        f"{record['tokens_per_s']:.0f} tok/s {record['examples_per_s']:.1f} ex/s")
-            window = {"loss": 0.0, "steps": 0, "tokens": 0, "examples": 0, "t0": time.time()}
-        if step % cfg.save_every == 0 and step < total_steps:
-            save(epoch)
-    ahead.close()
-    # Every rank must have taken the same number of steps (uneven shards must never desync).
-    steps = [None] * world
-    dist.all_gather_object(steps, engine.global_steps)
-    if len(set(steps)) != 1:
-        raise RuntimeError(f"ranks took different numbers of steps: {steps}")
-    save(epoch)
-    summary = {
-        "task": task_name, "steps": engine.global_steps, "consumed_samples": consumed, "world": world,
-        "global_batch": reader.global_batch, "steps_per_epoch": reader.steps_per_epoch,
-        "dropped_per_epoch": reader.dropped_per_epoch, "corpus_rows": corpus.rows, "corpus_hash": corpus.digest,
-        "counters": _sum_counters(counters), "zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
-        "steps_per_rank": steps, "seconds": round(time.time() - started, 3), "config": to_dict(cfg),
-    }
-    if task.has_eval and reader.holdout_rows:  # the last step's evaluation when the loop made it (same weights)
-        summary["eval"] = last_eval[1] if last_eval and last_eval[0] == engine.global_steps else task.evaluate(reader, dtype)
-    task.export(out / EXPORT, rank)
-    reader.close()
-    if ids_file is not None:
-        ids_file.close()
-    if rank == 0:
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
-        print(f"[train {task_name}] done: {summary['steps']} steps, export {out / EXPORT}", file=sys.stderr, flush=True)
-    dist.barrier()
-    return summary
+        w = self.window
+        w.loss += shares[0].item() / norm_value
+        w.tokens += int(shares[1].item())
+        w.examples += int(shares[2].item())
+        w.steps += 1
 
+    def log_progress(self) -> None:
+        """A progress line and a JSON record for the steps since the last one; the meta-RM's
+        held-out evaluation when it is due (every ``--eval-every`` steps and at the last step)."""
+        step, w = self.global_step, self.window
+        elapsed = max(time.time() - w.t0, 1e-9)
+        record = {"event": "train", "step": step, "epoch": self.epoch, "consumed_samples": self.consumed,
+                  "loss": w.loss / w.steps, "lr": self.lr_at(step - 1),
+                  "tokens_per_s": w.tokens / elapsed, "examples_per_s": w.examples / elapsed,
+                  "tokens": w.tokens, "examples": w.examples, "seconds": elapsed}
+        line = (f"step {step}/{self.total_steps} epoch {self.epoch} loss {record['loss']:.4f} lr {record['lr']:.2e} "
+                f"{record['tokens_per_s']:.0f} tok/s {record['examples_per_s']:.1f} ex/s")
+        if self.task.has_eval and self.reader.holdout_rows and (step == self.total_steps or (self.eval_every and step % self.eval_every == 0)):
+            self.last_eval = (step, self.task.evaluate(self.reader, self.dtype))
+            record.update(self.last_eval[1])
+            line += " | " + held_out_text(self.last_eval[1])
+        self.log(record, line)
+        self.window = _Window()
 
-class Prefetch:
-    """Iterate ``items`` on a background thread, at most ``ahead`` items ahead; errors re-raised in
-    the consumer. ``close()`` stops the thread (it may be reading) before the reader is closed."""
+    def save_checkpoint(self) -> None:
+        """DeepSpeed's checkpoint of this step, with the data position in its client state."""
+        self.engine.save_checkpoint(str(self.ckpt_dir), tag=f"step{self.engine.global_steps}", client_state=self._client_state())
 
-    _DONE = object()
+    # -- the end ---------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Check every rank took the same steps, take the last checkpoint, write the summary (with
+        the held-out metrics), export the model; returns the summary."""
+        import torch.distributed as dist
 
-    def __init__(self, items, ahead: int) -> None:
-        import queue
-        import threading
+        from tribunal.training.model_record import write_record
 
-        self._q: queue.Queue = queue.Queue(maxsize=ahead)
-        self._stop = threading.Event()
-        self._items = items
-        self._thread = threading.Thread(target=self._work, daemon=True, name="tribunal-prefetch")
-        self._thread.start()
-
-    def _work(self) -> None:
-        try:
-            for item in self._items:
-                if self._stop.is_set():
-                    return
-                self._q.put(item)
-            self._q.put(self._DONE)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            self._q.put(e)
-
-    def __iter__(self):
-        while True:
-            item = self._q.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        import queue
-
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._q.get(timeout=0.05)  # unblock a pending put
-            except queue.Empty:
-                pass
-        self._thread.join()
+        # Every rank must have taken the same number of steps (uneven shards must never desync).
+        steps = [None] * self.world
+        dist.all_gather_object(steps, self.engine.global_steps)
+        if len(set(steps)) != 1:
+            raise RuntimeError(f"ranks took different numbers of steps: {steps}")
+        self.save_checkpoint()
+        engine, reader, corpus = self.engine, self.reader, self.corpus
+        summary = {
+            "task": self.task_name, "steps": engine.global_steps, "consumed_samples": self.consumed, "world": self.world,
+            "global_batch": reader.global_batch, "steps_per_epoch": reader.steps_per_epoch,
+            "dropped_per_epoch": reader.dropped_per_epoch, "corpus_rows": corpus.rows, "corpus_hash": corpus.digest,
+            "counters": _sum_counters(self.counters), "zero_stage": engine.zero_optimization_stage(), "bf16": engine.bfloat16_enabled(),
+            "steps_per_rank": steps, "seconds": round(time.time() - self.started, 3), "config": to_dict(self.cfg),
+        }
+        if self.task.has_eval and reader.holdout_rows:  # the last step's evaluation when the loop made it (same weights)
+            last = self.last_eval
+            summary["eval"] = last[1] if last and last[0] == engine.global_steps else self.task.evaluate(reader, self.dtype)
+        self.task.export(self.out / EXPORT, self.rank)
+        reader.close()
+        if self.ids_file is not None:
+            self.ids_file.close()
+        if self.rank == 0:
+            write_record(self.out / EXPORT, self.record)
+            (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+            held_out = f"; {held_out_text(summary['eval'])}" if "eval" in summary else ""
+            self.log.say(f"done: {summary['steps']} steps, export {self.out / EXPORT}{held_out}")
+        dist.barrier()
+        return summary
 
 
 def _sum_counters(counters: dict[str, int]) -> dict[str, int]:
@@ -414,113 +463,32 @@ def gathered_state_dict(engine) -> dict | None:
     return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
 
 
-# --- Ray Train: the same training function on the jobs' Ray cluster ------------------------------
+def train(cfg: TrainConfig, task_name: str, console=None) -> dict[str, Any]:
+    """The training function: run in every rank; returns the summary (rank 0 writes it).
+    ``console``: where rank 0's progress lines also go when its output is a log file."""
+    from tribunal.training.data import Prefetch
 
-def _ray_worker(config: dict) -> None:
-    """One Ray Train worker: TorchTrainer has set up the (gloo) process group; ``train`` runs as is."""
-    train(TrainConfig(**config["cfg"]), config["task"])
-
-
-def train_on_ray(cfg: TrainConfig, task: str, address: str | None = None, cpus_per_worker: float = 1.0) -> dict:
-    """Run ``train`` under Ray Train's ``TorchTrainer`` with ``cfg.nproc`` workers (CPU, gloo) on the
-    Ray cluster the jobs use (``address``; default RAY_ADDRESS, else an embedded local Ray)."""
-    import dataclasses
-
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from tribunal.cluster.ray_cluster import connect
-
-    connect(address)
-    trainer = TorchTrainer(
-        _ray_worker,
-        train_loop_config={"cfg": dataclasses.asdict(cfg), "task": task},
-        torch_config=TorchConfig(backend="gloo", timeout_s=cfg.dist_timeout_s),
-        scaling_config=ScalingConfig(num_workers=cfg.nproc, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=f"tribunal-train-{task}", storage_path=str(Path(cfg.output).resolve() / "ray_train")),
-    )
-    trainer.fit()
-    return json.loads((Path(cfg.output) / SUMMARY_FILE).read_text())
-
-
-# --- worker entry (run by torchrun / the deepspeed launcher in every rank) -------------------------
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, TrainConfig)
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    """``python -m tribunal.training.trainer TASK --flags``: one rank of a training run."""
-    parser = argparse.ArgumentParser(prog="tribunal.training.trainer")
-    parser.add_argument("task", choices=TASKS)
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    add_cli(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(TrainConfig, args, args.config)
+    trainer = Trainer(cfg, task_name, console)
+    trainer.setup()
+    trainer.resume()
+    # Reading and tokenizing the next steps overlaps this step's compute (a thread, two steps ahead).
+    ahead = Prefetch(trainer.prepared_steps(), ahead=2)
     try:
-        train(cfg, args.task)
-    except TribunalError as e:
-        print(f"tribunal train {args.task}: error: {e}", file=sys.stderr)
-        return 2
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
-
-
-def launch_command(task: str, argv: list[str], nproc: int) -> list[str]:
-    """torchrun on this machine, one process per rank, a free rendezvous port."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # torchrun's argparse reads abbreviations even after the module name: a rank's `--nproc N`
-    # would be taken as an ambiguous `--nproc-per-node`. Ranks learn the world size from torchrun.
-    rank_argv, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            rank_argv.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(port),
-            "-m", "tribunal.training.trainer", task, *rank_argv]
+        for batch in ahead:
+            if trainer.global_step >= trainer.total_steps:
+                break
+            trainer.step(batch)
+            step = trainer.global_step
+            if step % cfg.log_every == 0 or step == trainer.total_steps:
+                trainer.log_progress()
+            if step % cfg.save_every == 0 and step < trainer.total_steps:
+                trainer.save_checkpoint()
+    finally:
+        ahead.close()
+    return trainer.finish()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``tribunal train sft|metarm --flags``: checks the config, then launches torchrun locally."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="tribunal train", description="train the GRM (sft) or the meta-RM (metarm) with DeepSpeed")
-    parser.add_argument("task", choices=TASKS)
-    add_cli(parser)
-    args = parser.parse_args(argv)
-    cfg = load_config(TrainConfig, args, args.config)  # fails here, in one line, before any process starts
-    check_task(cfg, args.task)
-    from tribunal.training.data import Corpus
+if __name__ == "__main__":  # the rank entry of older launch lines (`deepspeed --module tribunal.training.trainer`)
+    from tribunal.training.launch import rank_entry
 
-    if args.task == "sft":
-        from tribunal.training.sft import SftTask as Task
-    else:
-        from tribunal.training.metarm import MetaRmTask as Task
-    Corpus.open(cfg.data, Task.REQUIRED)
-    deepspeed_config(cfg, cfg.nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // cfg.nproc)))}
-    proc = subprocess.run(launch_command(args.task, argv[1:], cfg.nproc), env=env)
-    if proc.returncode:
-        raise TribunalError(f"training failed (exit {proc.returncode}); see the lines above")
-    return 0
-
-
-if __name__ == "__main__":
-    code = worker_main()
-    # A rank leaves without the interpreter's shutdown: a daemon thread still inside C++ (gloo, a
-    # tokenizer, the prefetcher's reader) is unwound there with pthread_exit, which aborted a rank
-    # whose work was done and saved ("terminate called without an active exception").
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    rank_entry()

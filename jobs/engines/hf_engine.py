@@ -62,7 +62,7 @@ class TransformersEngine:
         if self.task != task:
             raise TribunalError(f"{op} needs an engine built with task={task!r}; this one is task={self.task!r}")
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig) -> list[RequestResult]:
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, on_result=None) -> list[RequestResult]:
         self._need("generate", "generate")
         torch = self._torch
         eos = self.model.generation_config.eos_token_id
@@ -102,6 +102,8 @@ class TransformersEngine:
             if greedy:
                 gens = gens * req.n
             results.append(RequestResult(prompt_tokens=ids.shape[1], generations=tuple(gens)))
+            if on_result is not None:
+                on_result(results[-1])
         return results
 
     def _padded(self, seqs: list[list[int]]):

@@ -136,7 +136,7 @@ class VLLMEngine:
             raise RuntimeError("vLLM finished a request without a final output")
         return final
 
-    async def _one(self, req: GenerationRequest, sampling: SamplingConfig) -> RequestResult:
+    async def _one(self, req: GenerationRequest, sampling: SamplingConfig, on_result=None) -> RequestResult:
         # vLLM refuses n > 1 with greedy sampling: ask once, repeat the (deterministic) answer.
         greedy = sampling.temperature == 0
         params = self._SamplingParams(
@@ -160,13 +160,16 @@ class VLLMEngine:
         )
         if greedy:
             gens = gens * req.n
-        return RequestResult(
+        result = RequestResult(
             prompt_tokens=len(final.prompt_token_ids or ids), generations=gens, cached_tokens=final.num_cached_tokens or 0
         )
+        if on_result is not None:
+            on_result(result)  # progress, as each request finishes (on this event-loop thread)
+        return result
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig) -> list[RequestResult]:
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingConfig, on_result=None) -> list[RequestResult]:
         self._need("generate", "generate")
-        return self._run([self._one(r, sampling) for r in requests])
+        return self._run([self._one(r, sampling, on_result) for r in requests])
 
     async def _score(self, req: ScoreRequest) -> ScoreResult:
         ids, first, last = continuation_span(self.tokenizer, req)

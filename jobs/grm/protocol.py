@@ -488,3 +488,41 @@ def parse_output(
     if error is not None and truncated:
         error = "truncated"
     return ParseResult(scores=scores, error=error, principles=principles, critique=critique)
+
+
+# ---------------------------------------------------------------------------------------------
+# The template a model was trained on
+
+MODEL_RECORD = "tribunal_model.json"
+"""The file in a model directory that records what tribunal trained it on (``training/model_record.py``)."""
+
+
+def model_templates(model_dir: str) -> dict[str, str]:
+    """The templates a model directory records it was trained on: ``{"template": ...,
+    "template_single": ...}`` from its ``tribunal_model.json`` (what ``tribunal train sft`` and the
+    model builders write), only the keys recorded. A value naming a file inside the directory (a
+    template file the model carries, ``tribunal_template.txt``) comes back as that file's path, so
+    ``load_template`` takes either value as is. ``{}`` for a remote path, or when the file or the
+    keys are absent or the file is malformed: never raises."""
+    import json
+    import os
+
+    try:
+        if not isinstance(model_dir, str) or "://" in model_dir:
+            return {}
+        with open(os.path.join(model_dir, MODEL_RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+        if not isinstance(record, dict):
+            return {}
+        found: dict[str, str] = {}
+        for key in ("template", "template_single"):
+            value = record.get(key)
+            if not isinstance(value, str) or not value:
+                continue
+            # a bare file name inside the directory only: a record never points outside its model
+            if value not in BUILTIN_TEMPLATES and os.path.basename(value) == value and os.path.isfile(os.path.join(model_dir, value)):
+                value = os.path.join(model_dir, value)
+            found[key] = value
+        return found
+    except Exception:  # noqa: BLE001 - a model without a readable record simply has none
+        return {}

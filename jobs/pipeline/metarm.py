@@ -67,11 +67,17 @@ class MetaRmScoreStage:
     renderer of the training corpus) through the model's chat template without a generation prompt.
     """
 
-    def __init__(self, engine_cfg, batch_size: int = 8):
-        from tribunal.jobs.engines import build_engine
+    def __init__(self, engine_cfg, batch_size: int = 8, board=None):
+        import time
 
+        from tribunal.jobs.engines import build_engine
+        from tribunal.jobs.pipeline.progress import Reporter
+
+        t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
         self.batch_size = batch_size
+        self.reporter = Reporter(board)
+        self.reporter.engine_loaded(time.perf_counter() - t0)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import polars as pl
@@ -85,5 +91,7 @@ class MetaRmScoreStage:
         messages = rf.metarm_chats(frame, [pl.col(c.ID)]).table()[c.MESSAGES].to_pylist()
         texts = [self.engine.render_chat(m, add_generation_prompt=False) for m in messages]
         scores = self.engine.classify(texts)
+        self.reporter.add(requests=len(texts), rows=len(texts))
+        self.reporter.flush()
         out = batch.append_column(c.META_SCORE, pa.array(scores, pa.float64()))
         return out.select(arrow.TRAJECTORY_SCORED.names).cast(arrow.TRAJECTORY_SCORED)

@@ -179,9 +179,9 @@ class OutputDir:
         return self.done_ids()
 
     def prepare_run(self, settings: dict[str, Any], overwrite: bool = False, *, kind: str | None = None,
-                    inputs: tuple[str, ...] | list[str] = ()) -> None:
+                    inputs: tuple[str, ...] | list[str] = ()) -> OutputDir:
         """Make the directory ready for a (re)run: check, clean temporaries, take the lease,
-        write a new run token.
+        write a new run token; returns this ``OutputDir``.
 
         ``kind`` names what the directory holds (``trajectory``, ``vote`` ...); ``settings`` are
         the options that fix the results, compared with path values resolved. Refused with one
@@ -204,13 +204,10 @@ class OutputDir:
             self.fs.invalidate_cache(self.path)
             previous = None
         if previous is not None:
-            # Compared as recorded (resolved, then redacted: resolving a recorded value again
-            # would read a redacted directory, `<redacted>/x`, as relative), or resolved here for
-            # a record written before settings were stored resolved.
             before = previous.get("settings", {})
-            legacy = redact.redact(canonical_settings(before))
+            resolved = canonical_settings(before)  # a record written before paths were resolved
             for key in sorted(set(before) | set(settings)):
-                if settings.get(key) not in (before.get(key), legacy.get(key)):
+                if settings.get(key) not in (before.get(key), resolved.get(key)):
                     raise TribunalError(
                         f"{self.display()} holds a run with {key}={before.get(key)!r}, this one has "
                         f"{key}={settings.get(key)!r}: use another --output, or --overwrite to replace it"
@@ -226,6 +223,7 @@ class OutputDir:
             if not storage.has_commit_layout(self.fs, directory):
                 self._adopt_legacy(directory)
             storage.remove_garbage(self.fs, directory)
+        return self
 
     def check_not_input(self, inputs) -> None:
         """Refuse an output that is one of the inputs or lies inside one (writing there would mix
@@ -445,13 +443,36 @@ def trajectory_input(uri: str, columns: tuple[str, ...]) -> tuple[OutputDir, lis
 
 
 def check_inputs(fs, files: list[str], check_schema) -> int:
-    """Check every input file's schema (footer only) and return the total row count."""
+    """Check every input file's schema (footer only) and that the files agree on each column's
+    type (one dataset is read from them all); return the total row count."""
     total = 0
+    seen: dict[str, tuple[pa.DataType, str]] = {}  # column -> (type, the first file with it)
     for f in files:
         meta = storage.parquet_footer(fs, f)
-        check_schema(meta.schema.to_arrow_schema(), storage.display(fs, f))
+        schema = meta.schema.to_arrow_schema()
+        where = storage.display(fs, f)
+        check_schema(schema, where)
+        for fld in schema:
+            first = seen.setdefault(fld.name, (fld.type, where))
+            if not _same_type(first[0], fld.type):
+                raise TribunalError(
+                    f"input files disagree on column {fld.name!r}: {first[1]} has {first[0]}, {where} has {fld.type}: "
+                    "write every file with the same type (e.g. ids as strings)"
+                )
         total += meta.num_rows
     return total
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether two files' types of one column can be read as one dataset (null columns and
+    string/large_string variants combine)."""
+    if a == b or pa.types.is_null(a) or pa.types.is_null(b):
+        return True
+    try:
+        pa.unify_schemas([pa.schema([("x", a)]), pa.schema([("x", b)])], promote_options="permissive")  # as Ray Data reads them
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
 
 
 def duplicate_input_ids(fs, files: list[str], batch_rows: int = 65_536) -> frozenset[str]:

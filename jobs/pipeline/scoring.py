@@ -42,10 +42,16 @@ class ProbScoreStage:
     reference) of the block: the debiasing pass is paid once per prompt, not per rollout.
     """
 
-    def __init__(self, engine_cfg, answer_format, format_weight: float | None, chat_template: bool = True):
-        from tribunal.jobs.engines import build_engine
+    def __init__(self, engine_cfg, answer_format, format_weight: float | None, chat_template: bool = True, board=None):
+        import time
 
+        from tribunal.jobs.engines import build_engine
+        from tribunal.jobs.pipeline.progress import Reporter
+
+        t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
+        self.reporter = Reporter(board)
+        self.reporter.engine_loaded(time.perf_counter() - t0)
         self.fmt = answer_format
         self.format_weight = format_weight
         self.chat_template = chat_template
@@ -103,6 +109,8 @@ class ProbScoreStage:
             reward, reason = prob.prob_reward(r, r_prime, span, self.format_weight)
             extra.append({c.REWARD: reward, c.REWARD_REASON: reason, c.R_RAW: r, c.R_PRIME: r_prime,
                           c.FORMAT_OK: span.format_ok, c.SCORED_TOKENS: len(res.token_ids), c.VALID_SCORES: None})
+        self.reporter.add(requests=len(requests), rows=len(rows))
+        self.reporter.flush()
         return _scored(rows, extra)
 
 
@@ -116,11 +124,17 @@ class GrmScoreStage:
     never vote; a rollout with no valid score gets a null reward and the most common failure.
     """
 
-    def __init__(self, engine_cfg, sampling, template: str, form: str, k: int, max_n: int, seed: int):
+    def __init__(self, engine_cfg, sampling, template: str, form: str, k: int, max_n: int, seed: int, board=None):
+        import time
+
         from tribunal.jobs.engines import build_engine
         from tribunal.jobs.grm.protocol import load_template
+        from tribunal.jobs.pipeline.progress import Reporter
 
+        t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
+        self.reporter = Reporter(board)
+        self.reporter.engine_loaded(time.perf_counter() - t0)
         self.sampling = sampling
         self.template = load_template(template)
         self.form, self.k, self.max_n, self.seed = form, k, max_n, seed
@@ -165,7 +179,8 @@ class GrmScoreStage:
                     continue
                 requests.append(GenerationRequest(prompt, len(group), tr.request_seed(self.seed, sid, group[0])))
                 owners.append((si, group))
-        results = self.engine.generate(requests, self.sampling) if requests else []
+        results = self.engine.generate(requests, self.sampling, on_result=self._finished) if requests else []
+        self.reporter.flush()
         totals = [0.0] * len(rows)
         valid = [0] * len(rows)
         for (si, group), res in zip(owners, results):
@@ -182,7 +197,9 @@ class GrmScoreStage:
                     valid[i] += 1
         extra = []
         for i in range(len(rows)):
-            if valid[i]:
+            if failures[i] and set(failures[i]) == {TOO_LONG}:
+                reward, reason = None, TOO_LONG  # never judged: set aside by the write stage
+            elif valid[i]:
                 reward, reason = totals[i] / valid[i], None
             else:
                 reward, reason = None, failures[i].most_common(1)[0][0] if failures[i] else "no_scores"
@@ -190,13 +207,35 @@ class GrmScoreStage:
                           c.FORMAT_OK: None, c.SCORED_TOKENS: None, c.VALID_SCORES: valid[i]})
         return _scored(rows, extra)
 
+    def _finished(self, res) -> None:
+        self.reporter.add(requests=1, rows=len(res.generations), completion_tokens=sum(g.completion_tokens for g in res.generations))
+
 
 STATS = pa.schema([("shard", pa.string()), ("prompts", pa.int64()), ("rollouts", pa.int64()),
-                   ("null_rewards", pa.int64()), ("special", pa.int64())])
+                   ("null_rewards", pa.int64()), ("special", pa.int64()), ("quarantined", pa.int64())])
 
 
-def write_scored_stage(batch: pa.Table, *, out_dir: str, fs, run=None) -> pa.Table:
-    """Write one block of whole prompt groups as one atomic shard; emit its counts."""
+def set_aside_too_long(batch: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rollouts to write, quarantine rows): a rollout the model never saw because its text fills
+    the model's context is set aside with reason ``prompt_too_long``, as ``sample`` does."""
+    import json
+
+    import pyarrow.compute as pc
+
+    too_long = pc.fill_null(pc.equal(batch[c.REWARD_REASON], TOO_LONG), False)
+    if not pc.any(too_long).as_py():
+        return batch, arrow.QUARANTINE.empty_table()
+    aside = batch.filter(too_long)
+    rows = [{c.ID: f"{r[c.PROMPT_ID]}/{r[c.ROLLOUT_INDEX]}", c.REASON: TOO_LONG,
+             c.DETAIL: "the scoring text fills the model's context (max_model_len / max_position_embeddings); never sent to the engine",
+             c.SOURCE_PATH: None, c.RAW: json.dumps({k: r[k] for k in ROLLOUT_COLUMNS if k in r}, ensure_ascii=False, default=str)}
+            for r in aside.select([n for n in ROLLOUT_COLUMNS if n in aside.column_names]).to_pylist()]
+    return batch.filter(pc.invert(too_long)), pa.Table.from_pylist(rows, schema=arrow.QUARANTINE)
+
+
+def write_scored_stage(batch: pa.Table, *, out_dir: str, fs, run=None, quarantine_dir: str | None = None) -> pa.Table:
+    """Write one block of whole prompt groups as one atomic shard (its ``prompt_too_long``
+    rollouts to ``quarantine_dir``); emit its counts."""
     import pyarrow.compute as pc
 
     from tribunal.cluster.storage import join, write_parquet_atomic
@@ -204,6 +243,14 @@ def write_scored_stage(batch: pa.Table, *, out_dir: str, fs, run=None) -> pa.Tab
     if len(batch) == 0:
         return STATS.empty_table()
     require(batch, "write_scored_stage", (c.PROMPT_ID, c.ROLLOUT_INDEX, c.REWARD, c.REWARD_REASON))
+    if quarantine_dir is not None:
+        batch, aside = set_aside_too_long(batch)
+        if len(aside):
+            write_parquet_atomic(fs, join(quarantine_dir, shard_name(["too_long"] + aside[c.ID].to_pylist())), aside, arrow.QUARANTINE,
+                                 publish_if=run and run.current)
+        if len(batch) == 0:
+            return pa.Table.from_pylist([{"shard": "", "prompts": 0, "rollouts": 0, "null_rewards": 0, "special": 0,
+                                          "quarantined": len(aside)}], schema=STATS)
     keys = [f"{p}\x1e{i}" for p, i in zip(batch[c.PROMPT_ID].to_pylist(), batch[c.ROLLOUT_INDEX].to_pylist())]
     name = shard_name(keys)
     if not write_parquet_atomic(fs, join(out_dir, name), batch, arrow.SCORED_ROLLOUT, publish_if=run and run.current):
@@ -214,6 +261,7 @@ def write_scored_stage(batch: pa.Table, *, out_dir: str, fs, run=None) -> pa.Tab
         "rollouts": len(batch),
         "null_rewards": int(pc.sum(pc.is_null(batch[c.REWARD])).as_py() or 0),
         "special": int(pc.sum(pc.is_valid(batch[c.REWARD_REASON])).as_py() or 0),
+        "quarantined": len(aside) if quarantine_dir is not None else 0,
     }], schema=STATS)
 
 

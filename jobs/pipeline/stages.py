@@ -19,12 +19,16 @@ from tribunal.schemas import columns as c
 
 @dataclass(frozen=True)
 class StagePlan:
-    """A stage as plain data: what runs, and the ``map_batches`` arguments it runs with."""
+    """A stage as plain data: what runs, the ``map_batches`` arguments it runs with, and its
+    column contract (``check_chain`` checks a plan's contracts before anything runs)."""
 
     name: str
     fn: Any  # a function (Ray tasks) or a class (a Ray actor pool); None for a pure Dataset op
     kwargs: dict = field(default_factory=dict)  # keyword arguments of the Dataset method
     op: str = "map_batches"  # the Dataset method that applies it
+    needs: tuple[str, ...] = ()  # columns the stage reads from its input
+    adds: tuple[str, ...] = ()  # columns it adds to those it passes through
+    emits: tuple[str, ...] | None = None  # or: exactly the columns it outputs (None: input + adds)
 
     def apply(self, ds):
         import warnings
@@ -40,6 +44,19 @@ class StagePlan:
     @property
     def num_gpus(self) -> float:
         return float(self.kwargs.get("num_gpus") or 0)
+
+
+def check_chain(stages: list[StagePlan], columns) -> list[str]:
+    """Check that each stage's ``needs`` are among the columns the stages before it give, starting
+    from the input's ``columns``; returns the plan's output columns. A plan that does not fit
+    fails here, on the driver, naming the stage and the column, before any engine starts."""
+    have = list(columns)
+    for st in stages:
+        missing = [col for col in st.needs if col not in have]
+        if missing:
+            raise ValueError(f"plan: stage {st.name!r} needs column {missing[0]!r}, which the stages before it do not give (they give {have})")
+        have = list(st.emits) if st.emits is not None else have + [col for col in st.adds if col not in have]
+    return have
 
 
 def require(table: pa.Table, stage: str, cols: tuple[str, ...]) -> None:
@@ -146,17 +163,20 @@ class GenerateStage:
     """
 
     def __init__(self, engine_cfg, sampling, template: str, k: int, seed: int, hint: str = "never",
-                 quarantine_dir: str | None = None, fs=None, run=None):
+                 quarantine_dir: str | None = None, fs=None, run=None, board=None):
         import time
 
         from tribunal.jobs.engines import build_engine
         from tribunal.jobs.grm.protocol import load_template
+        from tribunal.jobs.pipeline.progress import Reporter
 
         t0 = time.perf_counter()
         self.engine = build_engine(engine_cfg)
-        # Reported once, with this actor's first batch (see ENGINE_STATS), for the progress line
-        # and the manifest: engine start-up apart from generation.
+        # Reported once, with this actor's first batch (see ENGINE_STATS), for the manifest: engine
+        # start-up apart from generation; and at once to the driver's progress line.
         self._load_s: float | None = time.perf_counter() - t0
+        self.reporter = Reporter(board)
+        self.reporter.engine_loaded(self._load_s)
         self.sampling = sampling
         self.template = load_template(template)
         self.k = k
@@ -196,7 +216,7 @@ class GenerateStage:
         todo = [si for si, reqs in enumerate(per_sample) if reqs]
         flat = [(si, req, group) for si in todo for req, group in per_sample[si]]
         try:
-            results = self.engine.generate([req for _, req, _ in flat], self.sampling) if flat else []
+            results = self.engine.generate([req for _, req, _ in flat], self.sampling, on_result=self._finished) if flat else []
         except TribunalError:
             raise
         except Exception as batch_error:  # noqa: BLE001 - find the sample(s) that raise
@@ -223,6 +243,10 @@ class GenerateStage:
         for r in rows:
             r.sort(key=lambda row: (row[c.HINTED], row[c.SAMPLE_INDEX]))
         return rows
+
+    def _finished(self, res) -> None:
+        """One request done: to the driver's progress line."""
+        self.reporter.add(requests=1, rows=len(res.generations), completion_tokens=sum(g.completion_tokens for g in res.generations))
 
     def _quarantine(self, samples: list[dict], aside: dict) -> None:
         from tribunal.cluster.storage import join, write_parquet_atomic
@@ -275,6 +299,7 @@ class GenerateStage:
         load = [0.0] * len(table)
         if self._load_s is not None and len(table):
             load[0], self._load_s = self._load_s, None
+        self.reporter.flush()
         return table.append_column(pa.field(ENGINE_LOAD_S, pa.float64()), pa.array(load, pa.float64()))
 
 

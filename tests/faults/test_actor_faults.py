@@ -69,8 +69,11 @@ def test_stalled_job_fails_with_one_line(arm, tiny_model, tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("mode", ["prob", "grm"])
 def test_score_never_sends_a_prompt_longer_than_the_context(mode, fault_dir, tiny_model, tmp_path):
-    """``score``: a rollout whose text would not fit the model's context gets a null reward with
-    reason ``prompt_too_long`` (never sent to the engine); the others are scored as usual."""
+    """``score``: a rollout whose text would not fit the model's context is never sent to the
+    engine: it is quarantined with reason ``prompt_too_long`` (as ``sample`` does); the others are
+    scored as usual, and the counts reconcile."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -85,11 +88,13 @@ def test_score_never_sends_a_prompt_longer_than_the_context(mode, fault_dir, tin
     extra = {"reference_column": "answer"} if mode == "prob" else {"form": "pointwise", "k": 1, "max_tokens": 16}
     m = run(ScoreConfig(input=str(tmp_path / "r.parquet"), output=str(tmp_path / "o"), mode=mode, model=tiny_model,
                         batch_rollouts=4, num_cpus_per_actor=0.5, **extra))
-    assert m["counts"]["reconciled"]
+    counts = m["counts"]
+    assert counts["reconciled"] and (counts["rows_in"], counts["rows_out"], counts["quarantined"]) == (4, 3, 1)
+    assert counts["quarantine_reasons"] == {"prompt_too_long": 1}
     out = OutputDir(str(tmp_path / "o"))
     scored = out.read(out.parts()).to_pylist()
-    assert len(scored) == 4
-    long_rows = [r for r in scored if len(r[c.CONTEXT][0][c.CONTENT]) > 10_000]
-    assert [(r[c.REWARD], r[c.REWARD_REASON]) for r in long_rows] == [(None, "prompt_too_long")]
+    assert len(scored) == 3 and all(len(r[c.CONTEXT][0][c.CONTENT]) < 10_000 for r in scored)
+    q = out.read(out.quarantine_parts()).to_pylist()
+    assert [r[c.REASON] for r in q] == ["prompt_too_long"] and len(json.loads(q[0][c.RAW])[c.CONTEXT][0][c.CONTENT]) > 10_000
     if mode == "prob":
-        assert all(r[c.REWARD] is not None for r in scored if r not in long_rows)
+        assert all(r[c.REWARD] is not None for r in scored)

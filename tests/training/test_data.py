@@ -190,3 +190,41 @@ def test_length_bucketing_keeps_coverage_and_resume_and_cuts_padding(tmp_path):
     # resume mid-window (step 4 of epoch 0: window 1 has begun) gives the uninterrupted tail
     for r in (0, 1):
         assert run_rank(corpus, r, 2, consumed=4 * 8, epochs=2, bucket_window=3, **kw) == [b for b in bucket[r] if (b[0], b[1]) >= (0, 4)]
+
+
+def test_prefetch_keeps_the_order_hands_errors_over_and_closes():
+    import threading
+
+    from tribunal.training.data import Prefetch
+
+    assert list(Prefetch(iter(range(50)), ahead=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise TribunalError("bad row")
+
+    got = []
+    with pytest.raises(TribunalError, match="bad row"):
+        for x in Prefetch(failing(), ahead=2):
+            got.append(x)
+    assert got == [1]
+    ahead = Prefetch(iter(range(10**6)), ahead=2)  # closed early: the thread stops, nothing left running
+    assert next(iter(ahead)) == 0
+    ahead.close()
+    assert not any(t.name == "tribunal-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_corpus_template_reads_the_manifest(tmp_path):
+    from tribunal.training.data import corpus_template, write_sft_corpus
+
+    assert corpus_template(str(tmp_path / "nowhere")) is None
+    rows = [{"id": "s0", "sample_index": 0, "hinted": False, "permutation": [0],
+             "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+             "prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]}]
+    assert corpus_template(str(write_sft_corpus(rows, tmp_path / "a", job="t"))) is None
+    assert corpus_template(str(write_sft_corpus(rows, tmp_path / "b", job="t", template="toy"))) == "toy"
+    assert corpus_template(str(tmp_path / "b" / "part-00000.parquet")) is None  # a single file has no manifest
+    (tmp_path / "b" / "_manifest.json").write_text(json.dumps({"template": "toy", "config": {"template": "my/file.txt"}}))
+    assert corpus_template(str(tmp_path / "b")) == "my/file.txt"  # as the user gave it, first
+    (tmp_path / "b" / "_manifest.json").write_text("{broken")
+    assert corpus_template(str(tmp_path / "b")) is None

@@ -39,6 +39,7 @@ def test_manifest_and_files(built):
     assert manifest["train_steps"] == TRAIN_STEPS
     assert manifest["final_loss"] is not None and manifest["final_loss"] > 0
     assert manifest["trainer"].startswith("tribunal train sft")
+    assert (manifest["template"], manifest["template_single"]) == ("default", "default")  # what the jobs default to
     assert manifest["num_parameters"] > 0
     assert (path / "model.safetensors").exists()
     assert (path / "tokenizer.json").exists()

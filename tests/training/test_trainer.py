@@ -72,6 +72,16 @@ def run_train(*args, timeout=300) -> subprocess.CompletedProcess:
     return r
 
 
+def assert_quiet(r: subprocess.CompletedProcess, task: str) -> None:
+    """A healthy run's console: tribunal's own lines only (no third-party warnings, load reports,
+    progress bars or torchrun output); the ranks' output is in OUT/logs/."""
+    for noise in ("[WARNING]", "LOAD REPORT", "Loading weights", "Writing model shards", "it/s]", "\x1b[", "torch.distributed"):
+        assert noise not in r.stderr and noise not in r.stdout, (noise, r.stderr[-3000:])
+    lines = r.stderr.splitlines()
+    assert lines and all(line.startswith(f"[train {task}] ") for line in lines), r.stderr[-3000:]
+    assert lines[-1].startswith(f"[train {task}] done: ")
+
+
 def log_records(out: Path, event: str = "train") -> list[dict]:
     return [r for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines()) if r["event"] == event]
 
@@ -102,7 +112,9 @@ def test_sft_every_zero_config_exports_a_loadable_model(tmp_path, tiny_model, co
 
     data = write_corpus(tmp_path / "sft", "sft")
     out = tmp_path / "run"
-    run_train("sft", data, tiny_model, out, "--deepspeed", str(CONFIGS / f"{config}.json"), "--epochs", "2", *(["--bf16"] if bf16 else []))
+    r = run_train("sft", data, tiny_model, out, "--deepspeed", str(CONFIGS / f"{config}.json"), "--epochs", "2", *(["--bf16"] if bf16 else []))
+    assert_quiet(r, "sft")
+    assert (out / "logs" / "rank0.log").exists() and (out / "logs" / "rank1.log").exists()
     summary = json.loads((out / "train_summary.json").read_text())
     # 21 rows, global batch 4: 5 steps per epoch on both ranks, 1 row dropped per epoch
     assert summary["steps"] == 10 and summary["steps_per_rank"] == [10, 10] and summary["dropped_per_epoch"] == 1
@@ -114,6 +126,9 @@ def test_sft_every_zero_config_exports_a_loadable_model(tmp_path, tiny_model, co
     export = out / "model"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json"):
         assert (export / name).exists(), name
+    # the corpus's manifest names no template, the base model's record says default: the export records it
+    record = json.loads((export / "tribunal_model.json").read_text())
+    assert (record["kind"], record["template"], record["template_single"]) == ("grm", "default", "default")
     tok = AutoTokenizer.from_pretrained(export)
     assert tok.chat_template
     model = AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
@@ -136,7 +151,15 @@ def test_metarm_config_pooling_and_held_out_metrics(tmp_path, tiny_model):
 
     data = write_corpus(tmp_path / "metarm", "metarm", sizes=(20, 14, 14))
     out = tmp_path / "run"
-    run_train("metarm", data, tiny_model, out, "--deepspeed", str(CONFIGS / "zero3.json"), "--epochs", "4", "--lr", "2e-4", "--holdout", "0.25", "--max-len", "48")
+    r = run_train("metarm", data, tiny_model, out, "--deepspeed", str(CONFIGS / "zero3.json"), "--epochs", "4", "--lr", "2e-4", "--holdout", "0.25", "--max-len", "48")
+    assert_quiet(r, "metarm")
+    # the held-out metrics are on the console's log lines too, as in the log
+    held_out = [line for line in r.stderr.splitlines() if "held-out accuracy" in line]
+    assert len(held_out) == len([rec for rec in log_records(out) if "eval_accuracy" in rec]) + 1  # + the done line
+    last = log_records(out)[-1]
+    assert f"held-out accuracy {last['eval_accuracy']:.3f}" in held_out[-1] and f"bce {last['eval_bce']:.4f}" in held_out[-1]
+    assert "roc_auc" in held_out[-1]
+    assert json.loads((out / "model" / "tribunal_model.json").read_text())["kind"] == "meta-rm"
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
     assert config["architectures"][0].endswith("ForSequenceClassification") and len(config["id2label"]) == 1
@@ -300,10 +323,33 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, tiny_model, baselin
 
 
 def test_refuses_a_checkpoint_of_another_corpus(tmp_path, tiny_model):
+    import re
+
     out = tmp_path / "run"
     run_train("sft", write_corpus(tmp_path / "a", "sft"), tiny_model, out, "--max-steps", "1")
     r = subprocess.run(train_cmd("sft", write_corpus(tmp_path / "b", "sft", sizes=(7, 6, 9)), tiny_model, out), capture_output=True, text=True, timeout=300, env=ENV)
     assert r.returncode != 0 and "checkpoint has corpus_hash=" in r.stderr
+    # one line, the failing rank's own cause, naming its log; a user error: exit 2; no torchrun traceback
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr and r.stdout == ""
+    assert r.stderr.count("\n") == 1, r.stderr
+    m = re.fullmatch(rf"tribunal train sft: error: {re.escape(str(out))}/checkpoints: checkpoint has corpus_hash='\w+', this run has '\w+': "
+                     rf"use another --output \(log: ({re.escape(str(out))}/logs/rank[01]\.log)\)\n", r.stderr)
+    assert m, r.stderr
+    assert "checkpoint has corpus_hash=" in Path(m.group(1)).read_text()
+    assert "ChildFailedError" in (out / "logs" / "torchrun.log").read_text()  # torchrun's report is kept, in its log
+
+
+def test_debug_shows_the_libraries_output(tmp_path, tiny_model):
+    """--debug: every rank's output on the console, third-party warnings and bars included."""
+    data = write_corpus(tmp_path / "metarm", "metarm")
+    r = run_train("metarm", data, tiny_model, tmp_path / "run", "--nproc", "1", "--max-steps", "1", "--debug")
+    out = r.stdout + r.stderr
+    assert "LOAD REPORT" in out and "score.weight" in out and "Loading weights" in out and "Writing model shards" in out
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "Setting accelerator to CPU" in out
+    assert "[train metarm] done: 1 steps" in out
 
 
 def test_bad_corpus_is_one_line_before_any_process(tmp_path, tiny_model):
@@ -318,7 +364,8 @@ def test_same_training_function_under_ray_train(ray_local, tmp_path, tiny_model,
     """TorchTrainer on the embedded Ray (2 workers, gloo) runs `train` unchanged: same ids, same weights."""
     from safetensors.torch import load_file
 
-    from tribunal.training.trainer import TrainConfig, train_on_ray
+    from tribunal.training.launch import train_on_ray
+    from tribunal.training.trainer import TrainConfig
 
     data, base = baseline
     out = tmp_path / "ray_run"

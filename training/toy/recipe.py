@@ -162,7 +162,8 @@ def _done(path: Path) -> bool:
 
 
 def _export_bf16(src: Path, dst: Path, classifier: bool) -> None:
-    """Copy a Hugging Face checkpoint, its weights cast to bfloat16 (half the bytes)."""
+    """Copy a Hugging Face checkpoint, its weights cast to bfloat16 (half the bytes), with its
+    ``tribunal_model.json``: the GRM's templates (``toy``, ``toy_single``), the meta-RM's none."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -176,8 +177,11 @@ def _export_bf16(src: Path, dst: Path, classifier: bool) -> None:
     if (src / "generation_config.json").exists():
         shutil.copy(src / "generation_config.json", dst / "generation_config.json")
     from tribunal.training import tiny_model as tm
+    from tribunal.training.model_record import template_keys, write_record
 
     tm.make_loadable_by_transformers_4(dst)
+    record = {"kind": "meta-rm"} if classifier else {"kind": "grm", **template_keys(task.TEMPLATE)}
+    write_record(dst, {**record, "trained_by": "tribunal recipe toy-grm"})
 
 
 def run(cfg: ToyRecipeConfig, log=print) -> dict:
@@ -206,7 +210,7 @@ def run(cfg: ToyRecipeConfig, log=print) -> dict:
         if not (teacher / "_manifest.json").exists():
             rows = task.samples(count, seed=cfg.seed + 11 * i, split="train", single_share=cfg.single_share, prefix=f"teach{suffix}-")
             step(f"teacher{suffix}", lambda rows=rows, teacher=teacher, i=i, style=style: write_sft_corpus(
-                task.teacher_rows(rows, seed=cfg.seed + 11 * i, style=style), teacher, job="toy-teacher"))
+                task.teacher_rows(rows, seed=cfg.seed + 11 * i, style=style), teacher, job="toy-teacher", template=task.TEMPLATE))
         if not _done(sft):
             step(f"sft{suffix}", lambda teacher=teacher, sft=sft, model=model, lr=lr: _tribunal(
                 ["train", "sft", "--data", str(teacher), "--model", str(model), "--output", str(sft), "--lr", str(lr),

@@ -448,3 +448,45 @@ def test_huge_inputs_never_raise(default: Template, pairwise: Template) -> None:
 
 def test_non_string_input_never_raises(default: Template) -> None:
     assert parse_output(None, 2, default).error == "no_scores"  # type: ignore[arg-type]
+
+
+def test_model_templates_reads_the_record_and_never_raises(tmp_path) -> None:
+    import json
+
+    from tribunal.jobs.grm.protocol import MODEL_RECORD, model_templates
+
+    model = tmp_path / "m"
+    model.mkdir()
+    assert model_templates(str(model)) == {}  # no record
+    assert model_templates(str(tmp_path / "nowhere")) == {}
+    assert model_templates("s3://bucket/model") == {}  # local paths only
+    record = model / MODEL_RECORD
+    record.write_text(json.dumps({"kind": "grm", "template": "toy", "template_single": "toy_single", "seed": 0}))
+    assert model_templates(str(model)) == {"template": "toy", "template_single": "toy_single"}
+    record.write_text(json.dumps({"kind": "meta-rm"}))
+    assert model_templates(str(model)) == {}
+    record.write_text(json.dumps({"template": "default", "template_single": 3}))  # a key of the wrong type is absent
+    assert model_templates(str(model)) == {"template": "default"}
+    for bad in ("{not json", "[1, 2]", "\xff\xfe", ""):
+        record.write_text(bad, encoding="latin-1")
+        assert model_templates(str(model)) == {}
+    # a template file the model carries comes back as its path; a name outside the directory does not
+    (model / "tribunal_template.txt").write_text(load_template("default").body)
+    record.write_text(json.dumps({"template": "tribunal_template.txt", "template_single": "../elsewhere.txt"}))
+    got = model_templates(str(model))
+    assert got == {"template": str(model / "tribunal_template.txt"), "template_single": "../elsewhere.txt"}
+    assert load_template(got["template"]).body == load_template("default").body
+
+
+def test_the_committed_models_record_their_templates() -> None:
+    from pathlib import Path
+
+    from tribunal.jobs.grm.protocol import model_templates
+
+    root = Path(__file__).resolve().parents[3] / "training"
+    assert model_templates(str(root / "toy" / "models" / "toy-grm")) == {"template": "toy", "template_single": "toy_single"}
+    assert model_templates(str(root / "models" / "tiny-grm")) == {"template": "default", "template_single": "default"}
+    assert model_templates(str(root / "toy" / "models" / "toy-metarm")) == {}
+    for found in (model_templates(str(root / "toy" / "models" / "toy-grm")), model_templates(str(root / "models" / "tiny-grm"))):
+        for name in found.values():
+            load_template(name)

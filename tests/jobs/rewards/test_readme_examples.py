@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+README = Path(__file__).resolve().parents[3] / "docs" / "library.md"  # the examples moved from README.md
 
 
 @pytest.mark.parametrize("marker", ["def compute_score", "def reward_func", "std_filter.filter_prompts"])
