@@ -60,7 +60,7 @@ class EvalConfig:
     tie: str = opt("random", "tie protocol of the headline figures, per-subset table and plot", choices=grm_math.TIE_PROTOCOLS)
     samples: str = opt("", "canonical samples with a `subset` column, for per-subset and RewardBench section scores")
     greedy: str = opt("", "trajectory shards of a greedy (temperature 0) run of the same samples, reported for reference")
-    bootstrap: int = opt(1000, "bootstrap resamples for the 95% intervals (0 turns them off)")
+    bootstrap: int = opt(1000, "bootstrap resamples for the confidence intervals (95 percent; 0 turns them off)")
     seed: int = opt(0, "seed of the vote tie-break and of the bootstrap")
     overwrite: bool = opt(False, "replace an eval report made with other settings (only ever a tribunal eval output)")
 
