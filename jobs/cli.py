@@ -10,6 +10,8 @@ import traceback
 
 from tribunal.schemas.errors import TribunalError
 
+DEBUG_ENV = "TRIBUNAL_DEBUG"  # cluster.ray_cluster.DEBUG_ENV (not imported here: the CLI starts light)
+
 # command -> (module, config class, one-line description)
 COMMANDS = {
     "demo": ("tribunal.jobs.demo", "DemoConfig", "the README demo: the committed toy GRM and meta-RM on held-out samples (sample, meta-RM, vote, eval)"),
@@ -166,7 +168,22 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
     if rest and COMMANDS[args.command][1] is not None:
         parser.parse_args(argv)  # reports the unknown arguments the usual way
     args.rest = rest
-    debug = args.debug
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    # Ray's own console output (logs, workers' tracebacks) is off unless --debug: connect() reads
+    # this when it starts Ray (cluster/ray_cluster.py), so the job recipes need not pass it along.
+    saved_debug = os.environ.get(DEBUG_ENV)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    try:
+        return _main(args, debug)
+    finally:
+        if saved_debug is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = saved_debug
+
+
+def _main(args: argparse.Namespace, debug: bool) -> int:
     # A map stage that fails raises its own exception, not Ray Data's "UDF failed to process a
     # data block" wrapper, so the cause reaches the driver (read at ray.data's import).
     os.environ.setdefault("RAY_DATA_RAISE_ORIGINAL_MAP_EXCEPTION", "1")

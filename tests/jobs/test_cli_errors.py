@@ -58,9 +58,12 @@ def test_engine_that_cannot_load_in_its_actor_is_one_line(tiny_model, tmp_path):
     r = _tribunal("sample", "--input", str(samples), "--output", str(tmp_path / "o"), "--model", str(model), "--k", "1",
                   "--max-tokens", "4", "--num-cpus-per-actor", "0.5")
     assert r.returncode == 2, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    lines = r.stderr.strip().splitlines()
+    last = lines[-1]
     assert last.startswith(f"tribunal sample: error: cannot load model {model}: ") and "SafetensorError" in last, last
     assert "raised while starting a Ray actor" in last and "ActorDiedError" not in last
+    # The actor's traceback stays in its log file: no worker output, no Ray log line before ours.
+    assert all(l.startswith("[sample] ") for l in lines[:-1]), r.stderr[-3000:]
 
 
 def test_gpu_pool_on_a_cluster_without_gpus_fails_fast(tiny_model, tmp_path):
