@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -118,6 +119,15 @@ def root_cause(e: BaseException) -> BaseException:
     return e
 
 
+def no_space_line(e: OSError) -> str:
+    """A full disk: the file being written (the error's own file name; Ray Data replaces it with
+    its retry advice when the error crosses from a worker) or else the job's output, and what to
+    do (every job resumes where it stopped)."""
+    where = e.filename if isinstance(e.filename, str) and not e.filename.startswith("Failed to ") else None
+    where = where or _output
+    return f"no space left on device writing {where or 'the output'}: free space, then re-run the same command to resume"
+
+
 def describe(raised: BaseException) -> tuple[str, bool]:
     """One line for the user, and whether the cause is a ``TribunalError`` (a user-facing error,
     exit status 2). An actor whose constructor raised (an engine that could not load) reaches the
@@ -127,6 +137,14 @@ def describe(raised: BaseException) -> tuple[str, bool]:
     text = str(e).strip()
     if isinstance(e, TribunalError):  # one line by design; Ray may append its retry notes
         return text.splitlines()[0] if text else "", True
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return no_space_line(e), True
+    if "botocore" in sys.modules:  # an S3 failure after the first contact (cluster/storage.py)
+        from tribunal.cluster.storage import describe_storage_error
+
+        line = describe_storage_error(e)
+        if line:
+            return line, True
     data_exceptions = sys.modules.get("ray.data.exceptions")
     timeout_error = getattr(data_exceptions, "ExecutionTimeoutError", None)
     if timeout_error is not None and isinstance(e, timeout_error):

@@ -110,3 +110,21 @@ def test_a_thread_that_dies_of_the_stop_prints_nothing_after_it():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "thread failed"  # it did die...
     assert r.stderr.strip() == "stopped", r.stderr[-2000:]  # ...and printed nothing
+
+
+def test_a_full_disk_and_a_lost_store_are_one_line_saying_what_to_do(monkeypatch):
+    import errno
+
+    import botocore.exceptions
+
+    from tribunal.jobs import cli
+
+    monkeypatch.setattr(cli, "_output", "/data/run/traj")
+    # Raised in a Ray worker, Ray Data's retry note takes the file name's place on the way back.
+    ray_data = OSError(errno.ENOSPC, "No space left on device", "Failed to apply UDF transform after 1/1 attempts")
+    assert cli.describe(ray_data) == ("no space left on device writing /data/run/traj: free space, then re-run the same command to resume", True)
+    own = OSError(errno.ENOSPC, "No space left on device", "/data/run/traj/.tmp-1-part-0.parquet")
+    assert cli.describe(own)[0].startswith("no space left on device writing /data/run/traj/.tmp-1-part-0.parquet: free space")
+    lost = botocore.exceptions.EndpointConnectionError(endpoint_url="http://minio:9000/bucket/traj/part-0.parquet")
+    assert cli.describe(lost) == ("lost the S3 endpoint http://minio:9000 (no connection) after retries: re-run the same command to resume once it answers", True)
+    assert cli.describe(botocore.exceptions.NoCredentialsError())[0].startswith("no S3 credentials: set AWS_ACCESS_KEY_ID")
