@@ -34,15 +34,47 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other error: ``tribunal sample: error:
+    argument --engine: invalid choice: 'transformer' (choose from ...); did you mean
+    'transformers'? (`tribunal sample --help` lists the options)``, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}{did_you_mean(message)} (`{self.prog} --help` lists the options)\n")
+
+    def unknown(self, rest: list[str]):
+        """The error for arguments this (sub)command does not take, with the closest option."""
+        import difflib
+
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        guesses = [g for t in rest if t.startswith("--") for g in difflib.get_close_matches(t.split("=", 1)[0], options, n=1)]
+        hint = f"; did you mean {guesses[0]}?" if guesses else ""
+        self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(rest)}{hint} (`{self.prog} --help` lists the options)\n")
+
+
+def did_you_mean(message: str) -> str:
+    """``; did you mean 'x'?`` for argparse's ``invalid choice: 'y' (choose from 'x', ...)``."""
+    import difflib
+    import re
+
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not m:
+        return ""
+    choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+    close = difflib.get_close_matches(m.group(1), choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
+    parser = Parser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name, (module, cls, help_text) in COMMANDS.items():
         if cls is None:  # a module with its own argparse main(): hand it the rest of the line
             sub.add_parser(name, help=help_text, add_help=False)
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = parser.commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         importlib.import_module(module).add_cli(p)
     return parser
@@ -181,10 +213,13 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
     if command is not None:
         argv = [command, *argv]
     parser = build_parser()
-    # Commands with their own argparse (cls None) get the rest of the line untouched.
-    args, rest = parser.parse_known_args(argv)
-    if rest and COMMANDS[args.command][1] is not None:
-        parser.parse_args(argv)  # reports the unknown arguments the usual way
+    try:
+        # Commands with their own argparse (cls None) get the rest of the line untouched.
+        args, rest = parser.parse_known_args(argv)
+        if rest and COMMANDS[args.command][1] is not None:
+            parser.commands[args.command].unknown(rest)  # the command's own error, not tribunal's usage
+    except SystemExit as e:  # argparse's one line (Parser.error) or --help: its status, in-process too
+        return e.code if isinstance(e.code, int) else 2
     args.rest = rest
     debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     # Ray's own console output (logs, workers' tracebacks) is off unless --debug: connect() reads
