@@ -67,7 +67,7 @@ def did_you_mean(message: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Ray's own output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = {}
     for name, (module, cls, help_text) in COMMANDS.items():
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text, add_help=False)
             continue
         p = parser.commands[name] = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        # SUPPRESS: `tribunal --debug sample` keeps the top-level flag (a subcommand's default would reset it)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and Ray's own output")
         importlib.import_module(module).add_cli(p)
     return parser
 
