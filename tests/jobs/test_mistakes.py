@@ -183,9 +183,9 @@ MISTAKES: list[Mistake] = [
             r"\(or AWS_PROFILE\), and AWS_ENDPOINT_URL for a non-AWS endpoint$",
             env={**NO_AWS, "AWS_ENDPOINT_URL": "http://127.0.0.1:{port}"}),
     Mistake("S3 endpoint unreachable", ["vote", "--input", "s3://my-bucket/traj", "--output", "{tmp}/votes"],
-            r"^s3://my-bucket/traj: cannot reach the S3 endpoint http://127\.0\.0\.1:{port} \(connection refused\) after \d+ tries in [\d.]+s: "
+            r"^s3://my-bucket/traj: cannot reach the S3 endpoint http://127\.0\.0\.1:{port} \(connection refused\) after \d+ tr(?:y|ies) in [\d.]+s: "
             r"check AWS_ENDPOINT_URL and that the store is up",
-            env={**DUMMY_AWS, "AWS_ENDPOINT_URL": "http://127.0.0.1:{port}", "TRIBUNAL_S3_CONNECT_TIMEOUT_S": "1"}),
+            env={**DUMMY_AWS, "AWS_ENDPOINT_URL": "http://127.0.0.1:{port}", "TRIBUNAL_S3_CONNECT_TIMEOUT_S": "2"}),
     # --- import
     Mistake("import of an unknown Parquet layout", ["import", "--input", "{file}", "--output", "{tmp}/imported"],
             r"^{file}: unknown layout, columns found: answer, question; layouts known: .*rewardbench: prompt, chosen, rejected$",
