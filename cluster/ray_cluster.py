@@ -12,6 +12,28 @@
   An unreachable cluster, a port that is not a Ray GCS, or a refused token is a one-line error
   within that time, not Ray's retries and a screen of warnings, and Ctrl-C works while we wait.
 
+A healthy run prints tribunal's own lines only; ``TRIBUNAL_DEBUG=1`` (what ``--debug`` sets) keeps
+Ray's console output as Ray has it. Quiet, before Ray starts (each a setting of Ray's own, left
+alone where the user set it):
+
+- ``RAY_BACKEND_LOG_LEVEL=fatal`` while Ray starts: the C++ core worker of the driver writes
+  error-level lines to the console, such as ``core_worker.cc: Actor ... has constructor arguments
+  in the object store and max_restarts > 0 ...`` once Ray Data starts an actor pool (Ray Data
+  passes every pool's function by reference and restarts actors: a note on Ray's restarts, not an
+  error of the job). Ray announces the setting on the console before applying it ("Set ray log
+  level from environment variable ..."): that one line is dropped (the rest of what the start
+  prints passes through). An embedded Ray's own processes start with the setting too, so their
+  session log files keep only fatal lines: ``--debug`` keeps everything;
+- ``ray.init(log_to_driver=False)``: what workers and actors print (a failed task's traceback, an
+  aborting engine's ``Fatal Python error`` and C++ frames, hundreds of lines) stays in their log
+  files; the failure itself reaches the driver as an exception, which the CLI turns into one line.
+  ``connect(worker_logs=True)`` forwards it (a caller whose progress is printed by workers);
+- ``logging_level=CRITICAL`` for the driver's ``ray`` logger, ``RAY_IGNORE_UNHANDLED_ERRORS=1``
+  (Ray's "Unhandled error" echo of a failed task the job has already reported), and Ray Data's
+  console handler at CRITICAL (``ray_data_logging.yaml``: its INFO "Dataset ... execution
+  finished" and its ERROR traceback of a failed operator; everything still goes to its session
+  log file ``ray-data.log``), re-applied here because a job may import ``ray.data`` first.
+
 Token authentication (Ray 2.60's default) stays on: the embedded instance creates or reuses
 ``~/.ray/auth_token``; to attach to a remote cluster the client needs its token, in
 ``RAY_AUTH_TOKEN`` or the file ``RAY_AUTH_TOKEN_PATH`` names (see cluster/README.md).
@@ -27,6 +49,9 @@ import time
 from tribunal.cluster.redact import scrub_url
 from tribunal.schemas.errors import TribunalError
 
+DEBUG_ENV = "TRIBUNAL_DEBUG"
+"""Set to 1 (the CLI's ``--debug`` does) to keep Ray's console output: logs, workers' output."""
+RAY_DATA_LOGGING = os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml")
 CONNECT_TIMEOUT_ENV = "TRIBUNAL_RAY_CONNECT_TIMEOUT_S"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_GCS_PORT = 6379
@@ -137,15 +162,36 @@ def probe_gcs(address: str, timeout_s: float | None = None) -> None:
         raise TribunalError(f"no Ray cluster answers at {scrub_url(address)}: {last[:300]}{hint}")
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> str:
+def debug_enabled() -> bool:
+    """Whether the user asked for Ray's own console output (``TRIBUNAL_DEBUG``, set by ``--debug``)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def quiet_ray_settings(quiet: bool) -> None:
+    """Ray's console settings, set in the environment before Ray starts (see the module doc)."""
+    if quiet:
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", RAY_DATA_LOGGING)
+    elif os.environ.get("RAY_DATA_LOGGING_CONFIG") == RAY_DATA_LOGGING:  # ours, from a quiet call before
+        del os.environ["RAY_DATA_LOGGING_CONFIG"]
+    import sys
+
+    if "ray.data" in sys.modules:  # imported before us: its logger was configured from the old setting
+        from ray.data._internal.logging import configure_logging
+
+        configure_logging()
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True, worker_logs: bool = False) -> str:
     """Start our own Ray or attach to a cluster; return a short description of where we run.
 
     ``address`` (else ``RAY_ADDRESS``) attaches; without either, a private local Ray starts
     (``num_cpus`` sizes it). Calling it again in the same process reuses the session.
+    ``quiet`` (unless ``TRIBUNAL_DEBUG`` is set): Ray prints nothing on the console but fatal
+    errors; ``worker_logs`` still forwards what workers print (it takes effect when Ray starts).
     """
-    if quiet:
-        # Must be set before ray.data is first imported.
-        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml"))
+    quiet = quiet and not debug_enabled()
+    quiet_ray_settings(quiet)
     import ray
     import ray.data
     from ray.util.debug import log_once
@@ -153,7 +199,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         with _keep_sigterm():
-            _init(ray, address, num_cpus, quiet)
+            _init(ray, address, num_cpus, quiet, worker_logs=worker_logs or not quiet)
     if quiet:
         log_once("ray_data_progress_manager_disabled")  # we disable the bars on purpose: no warning
     ctx = ray.data.DataContext.get_current()
@@ -190,17 +236,63 @@ class _keep_sigterm:
         return False
 
 
-def _init(ray, address: str | None, num_cpus: int | None, quiet: bool) -> None:
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+class _quiet_start:
+    """While Ray starts (quiet): ``RAY_BACKEND_LOG_LEVEL=fatal`` (unless the user set a level),
+    and the driver's file descriptor 2 goes to a temporary file, replayed to the console afterwards
+    without Ray's announcement of the setting. Ray's own processes write to their log files, not
+    to this descriptor, so nothing of theirs is held back."""
+
+    ANNOUNCEMENT = "Set ray log level from environment variable RAY_BACKEND_LOG_LEVEL"
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __enter__(self):
+        if not self.quiet:
+            return self
+        import sys
+        import tempfile
+
+        self.set_level = "RAY_BACKEND_LOG_LEVEL" not in os.environ
+        if self.set_level:
+            os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+        sys.stderr.flush()
+        self.held = tempfile.TemporaryFile()
+        self.saved = os.dup(2)
+        os.dup2(self.held.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            return False
+        import sys
+
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        if self.set_level:  # Ray read it at start; later processes of ours (torchrun ...) keep their default
+            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
+        self.held.seek(0)
+        text = self.held.read().decode("utf-8", "replace")
+        self.held.close()
+        kept = "".join(line for line in text.splitlines(keepends=True) if self.ANNOUNCEMENT not in line)
+        if kept:
+            os.write(2, kept.encode())
+        return False
+
+
+def _init(ray, address: str | None, num_cpus: int | None, quiet: bool, worker_logs: bool = True) -> None:
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": worker_logs}
     if quiet:
-        kwargs["logging_level"] = logging.WARNING
+        kwargs["logging_level"] = logging.CRITICAL
     if address:
         target = resolve_address(address)
         probe(target)
         if "://" not in target and not os.environ.get("RAY_USE_TLS", "").strip() in ("1", "true"):
             probe_gcs(target)
         try:
-            ray.init(address=target, **kwargs)
+            with _quiet_start(quiet):
+                ray.init(address=target, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TribunalError(f"cannot attach to the Ray cluster at {scrub_url(target)}: {first}") from None
@@ -211,4 +303,5 @@ def _init(ray, address: str | None, num_cpus: int | None, quiet: bool) -> None:
         # RAY_AUTH_MODE, "disabled" included, is respected).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         _refresh_ray_config()
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        with _quiet_start(quiet):
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)

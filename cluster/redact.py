@@ -14,6 +14,12 @@ Three layers, each cheap:
 
 Key names are split into words (``max_tokens`` is ``max`` + ``tokens``: not a secret;
 ``session_token`` is ``session`` + ``token``: a secret), so counters and settings survive.
+
+Secrets are credentials, never places: ``PWD``/``OLDPWD`` (the shell's directories, which the
+word ``pwd`` would otherwise catch), names that say they hold a location (``*_FILE``, ``*_PATH``,
+``*_DIR``, ``SSH_AUTH_SOCK``: where a secret is, not the secret) and values that are paths on
+this machine (``PIP_CERT=/etc/ssl/ca.pem``) are kept: scrubbed by value, such a path would turn
+every path under it into ``<redacted>`` in every error and manifest.
 """
 
 from __future__ import annotations
@@ -51,10 +57,22 @@ written anywhere."""
 
 MIN_SECRET_LEN = 8  # shorter values ("true", "testing") would scrub ordinary text by accident; real keys are longer
 
+NOT_SECRETS = frozenset({"pwd", "oldpwd"})
+"""Names that look like secrets but are not: the shell's current and previous directory (a real
+password may still be called ``MYSQL_PWD`` or ``DB_PWD``)."""
+
+LOCATION_WORDS = frozenset({"path", "paths", "file", "filename", "filepath", "dir", "dirs", "directory", "sock", "socket", "home"})
+"""A name with one of these words holds where something is (``AWS_SHARED_CREDENTIALS_FILE``,
+``RAY_AUTH_TOKEN_PATH``, ``SSH_AUTH_SOCK``), not a secret."""
+
 
 def is_secret_key(name: Any) -> bool:
     """Whether a key (config field, storage option, environment variable) names a secret."""
+    if str(name).lower() in NOT_SECRETS:
+        return False
     words = [w.lower() for w in _WORDS.findall(str(name))]
+    if any(w in LOCATION_WORDS for w in words):
+        return False
     if any(w in SECRET_WORDS for w in words):
         return True
     joined = "".join(words)
@@ -73,11 +91,22 @@ def scrub_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def is_local_path(value: str) -> bool:
+    """Whether ``value`` is an absolute path that exists here (a certificate bundle, a key file's
+    location): a place, shown as it is, never a credential."""
+    if not value.startswith(("/", "~")):
+        return False
+    try:
+        return os.path.exists(os.path.expanduser(value))
+    except (OSError, ValueError):  # a NUL byte, a name too long
+        return False
+
+
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """Values of the secret-named variables of the environment (and of TRIBUNAL_STORAGE_OPTIONS),
     longest first, so that ``scrub`` can remove them by value."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if is_secret_key(k) and len(v) >= MIN_SECRET_LEN}
+    values = {v for k, v in env.items() if is_secret_key(k) and len(v) >= MIN_SECRET_LEN and not is_local_path(v)}
     extra = env.get("TRIBUNAL_STORAGE_OPTIONS")
     if extra:
         try:

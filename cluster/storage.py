@@ -1,4 +1,17 @@
-"""Filesystems for local paths and ``s3://`` (through s3fs), and atomic shard writes."""
+"""Filesystems for local paths and ``s3://`` (through s3fs), and atomic shard writes.
+
+S3 settings come from the environment (``storage_options_from_env``): ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (or ``AWS_PROFILE``, or any credential botocore finds),
+``AWS_ENDPOINT_URL`` for a non-AWS store (MinIO, Ceph ...), and ``TRIBUNAL_STORAGE_OPTIONS`` (JSON
+s3fs options) for anything else.
+
+The first time a process resolves an ``s3://`` path of a bucket, it checks that credentials exist
+and that the endpoint answers, trying again for at most ``TRIBUNAL_S3_CONNECT_TIMEOUT_S`` seconds
+(default 5; 0 skips the check). A store that is down or misnamed, or missing credentials, is then
+one line within seconds naming the path, the endpoint and what to set, instead of a minute of
+botocore's retries and its exception's name. Once a store has answered, requests keep botocore's
+retries (``S3_RETRIES``), which ride out throttling and short outages mid-run.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +68,8 @@ def storage_options_from_env() -> dict[str, Any]:
 
 
 def resolve(uri: str, storage_options: dict[str, Any] | None = None):
-    """``(fsspec filesystem, path without scheme)`` for a local path or a remote URI."""
+    """``(fsspec filesystem, path without scheme)`` for a local path or a remote URI. An ``s3://``
+    URI's store is checked once per process (``check_s3``)."""
     import fsspec
 
     if "://" not in uri:
@@ -65,7 +79,152 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None):
     if protocol not in ("s3", "s3a"):
         opts = {}
     fs, path = fsspec.core.url_to_fs(uri, **opts)
+    if protocol in ("s3", "s3a"):
+        check_s3(fs, path, uri)
     return fs, path
+
+
+S3_CONNECT_TIMEOUT_ENV = "TRIBUNAL_S3_CONNECT_TIMEOUT_S"
+DEFAULT_S3_CONNECT_TIMEOUT_S = 5.0
+AWS_DEFAULT_ENDPOINT = "https://s3.amazonaws.com"
+CREDENTIALS_HINT = "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), and AWS_ENDPOINT_URL for a non-AWS endpoint"
+_checked: set[tuple] = set()  # (bucket, options) whose store answered in this process
+
+
+def _s3_connect_timeout() -> float:
+    raw = os.environ.get(S3_CONNECT_TIMEOUT_ENV)
+    try:
+        return float(raw) if raw else DEFAULT_S3_CONNECT_TIMEOUT_S
+    except ValueError:
+        raise TribunalError(f"{S3_CONNECT_TIMEOUT_ENV}={raw!r}: not a number of seconds") from None
+
+
+def s3_endpoint(fs) -> str:
+    """The endpoint an s3fs filesystem talks to, as the user would set it (no credentials)."""
+    from tribunal.cluster.redact import scrub_url
+
+    opts = getattr(fs, "storage_options", {}) or {}
+    url = opts.get("endpoint_url") or (opts.get("client_kwargs") or {}).get("endpoint_url") or AWS_DEFAULT_ENDPOINT
+    return scrub_url(str(url)).rstrip("/")
+
+
+def _why_unreachable(e: BaseException) -> str:
+    """A few words for a connection failure, from the exception and the ones it wraps."""
+    import socket
+
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for x in seen:
+        if isinstance(x, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(x, socket.gaierror):
+            host = next((h for h in (getattr(y, "host", None) for y in seen) if isinstance(h, str) and h), None)
+            return f"cannot resolve {host}" if host else "cannot resolve the host name"
+        if isinstance(x, (TimeoutError, socket.timeout)) or "timeout" in type(x).__name__.lower():
+            return "timed out"
+        if "ssl" in type(x).__name__.lower():
+            return f"TLS error: {str(x).splitlines()[0][:120] if str(x) else type(x).__name__}"
+    first = seen[0]
+    if type(first).__name__ == "EndpointConnectionError":  # its text only repeats the URL
+        return "no connection"
+    return (str(first).splitlines()[0] if str(first) else type(first).__name__)[:160]
+
+
+def is_connection_error(e: BaseException) -> bool:
+    """Whether ``e`` means the S3 endpoint could not be reached (as opposed to an answer)."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no botocore: no S3 either
+        return False
+    import asyncio
+
+    return isinstance(e, (BotoConnectionError, HTTPClientError, ConnectionError, TimeoutError, asyncio.TimeoutError)) or type(e).__name__ == "FSTimeoutError"
+
+
+def is_credentials_error(e: BaseException) -> bool:
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ProfileNotFound
+    except ImportError:
+        return False
+    return isinstance(e, (NoCredentialsError, PartialCredentialsError, ProfileNotFound))
+
+
+REFUSED_CREDENTIALS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired")
+
+
+def check_s3(fs, path: str, uri: str | None = None) -> None:
+    """Raise a one-line TribunalError unless the store behind ``fs`` has credentials and answers.
+
+    One request (``ListObjectsV2`` of one key under ``path``), made through a copy of ``fs`` that
+    botocore does not retry; connection failures are tried again, with backoff, for at most
+    ``TRIBUNAL_S3_CONNECT_TIMEOUT_S`` seconds. Any answer from the store (even "no such bucket"
+    or "access denied") passes: the job's own reads say what is wrong with the path.
+    """
+    budget = _s3_connect_timeout()
+    if budget <= 0:
+        return
+    opts = dict(getattr(fs, "storage_options", {}) or {})
+    if opts.get("anon"):
+        return
+    bucket, _, key = path.partition("/")
+    marker = (bucket, json.dumps(opts, sort_keys=True, default=str))
+    if marker in _checked:
+        return
+    where = uri or display(fs, path)
+    endpoint = s3_endpoint(fs)
+    config = copy.deepcopy(opts.get("config_kwargs") or {})
+    per_try = min(budget, 2.0)
+    config.update({"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": per_try, "read_timeout": max(budget, 2.0)})
+    probe = type(fs)(**{**opts, "config_kwargs": config, "skip_instance_cache": True})
+    probe.retries = 1  # s3fs's own retry loop around botocore's
+    start, tries = time.monotonic(), 0
+    while True:
+        tries += 1
+        try:
+            probe.call_s3("list_objects_v2", Bucket=bucket, Prefix=key, MaxKeys=1)
+            break
+        except Exception as e:  # noqa: BLE001 - sorted below: no credentials, unreachable, or an answer
+            if is_credentials_error(e):
+                raise TribunalError(f"{where}: no S3 credentials (endpoint {endpoint}): {CREDENTIALS_HINT}") from None
+            if not is_connection_error(e):
+                code = getattr(e.__cause__, "response", {}).get("Error", {}).get("Code") if e.__cause__ is not None else None
+                if code in REFUSED_CREDENTIALS:
+                    raise TribunalError(
+                        f"{where}: the S3 endpoint {endpoint} refused the credentials ({code}): "
+                        "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and AWS_ENDPOINT_URL"
+                    ) from None
+                break  # the store answered: the path's own problems are the job's to report
+            waited = time.monotonic() - start
+            pause = min(0.25 * 2 ** (tries - 1), budget - waited)
+            if pause <= 0.05:
+                raise TribunalError(
+                    f"{where}: cannot reach the S3 endpoint {endpoint} ({_why_unreachable(e)}) after {tries} "
+                    f"{'try' if tries == 1 else 'tries'} in {waited:.1f}s: check AWS_ENDPOINT_URL and that the store is up "
+                    f"({S3_CONNECT_TIMEOUT_ENV} sets how long to try)"
+                ) from None
+            time.sleep(pause)
+    _checked.add(marker)
+
+
+def describe_storage_error(e: BaseException) -> str | None:
+    """One line for an S3 failure that reached the top of a job after the first contact (the
+    store went away mid-run, a worker without credentials), or None for other exceptions."""
+    if is_credentials_error(e):
+        return f"no S3 credentials: {CREDENTIALS_HINT}"
+    try:
+        from botocore.exceptions import BotoCoreError
+    except ImportError:
+        return None
+    if isinstance(e, BotoCoreError) and is_connection_error(e):
+        from urllib.parse import urlsplit
+
+        url = urlsplit(str(getattr(e, "kwargs", {}).get("endpoint_url") or ""))
+        what = f" {url.scheme}://{url.hostname}{f':{url.port}' if url.port else ''}" if url.hostname else ""
+        return f"lost the S3 endpoint{what} ({_why_unreachable(e)}) after retries: re-run the same command to resume once it answers"
+    return None
 
 
 def is_local(fs) -> bool:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
 import traceback
 
 from tribunal.schemas.errors import TribunalError
+
+DEBUG_ENV = "TRIBUNAL_DEBUG"  # cluster.ray_cluster.DEBUG_ENV (not imported here: the CLI starts light)
 
 # command -> (module, config class, one-line description)
 COMMANDS = {
@@ -31,16 +34,49 @@ COMMANDS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other error: ``tribunal sample: error:
+    argument --engine: invalid choice: 'transformer' (choose from ...); did you mean
+    'transformers'? (`tribunal sample --help` lists the options)``, instead of the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}{did_you_mean(message)} (`{self.prog} --help` lists the options)\n")
+
+    def unknown(self, rest: list[str]):
+        """The error for arguments this (sub)command does not take, with the closest option."""
+        import difflib
+
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        guesses = [g for t in rest if t.startswith("--") for g in difflib.get_close_matches(t.split("=", 1)[0], options, n=1)]
+        hint = f"; did you mean {guesses[0]}?" if guesses else ""
+        self.exit(2, f"{self.prog}: error: unrecognized arguments: {' '.join(rest)}{hint} (`{self.prog} --help` lists the options)\n")
+
+
+def did_you_mean(message: str) -> str:
+    """``; did you mean 'x'?`` for argparse's ``invalid choice: 'y' (choose from 'x', ...)``."""
+    import difflib
+    import re
+
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not m:
+        return ""
+    choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+    close = difflib.get_close_matches(m.group(1), choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser = Parser(prog="tribunal", description="Batch scoring and data generation with generative reward models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and Ray's own output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name, (module, cls, help_text) in COMMANDS.items():
         if cls is None:  # a module with its own argparse main(): hand it the rest of the line
             sub.add_parser(name, help=help_text, add_help=False)
             continue
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--debug", action="store_true", help="show tracebacks")
+        p = parser.commands[name] = sub.add_parser(name, help=help_text, description=help_text)
+        # SUPPRESS: `tribunal --debug sample` keeps the top-level flag (a subcommand's default would reset it)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and Ray's own output")
         importlib.import_module(module).add_cli(p)
     return parser
 
@@ -116,6 +152,15 @@ def root_cause(e: BaseException) -> BaseException:
     return e
 
 
+def no_space_line(e: OSError) -> str:
+    """A full disk: the file being written (the error's own file name; Ray Data replaces it with
+    its retry advice when the error crosses from a worker) or else the job's output, and what to
+    do (every job resumes where it stopped)."""
+    where = e.filename if isinstance(e.filename, str) and not e.filename.startswith("Failed to ") else None
+    where = where or _output
+    return f"no space left on device writing {where or 'the output'}: free space, then re-run the same command to resume"
+
+
 def describe(raised: BaseException) -> tuple[str, bool]:
     """One line for the user, and whether the cause is a ``TribunalError`` (a user-facing error,
     exit status 2). An actor whose constructor raised (an engine that could not load) reaches the
@@ -125,6 +170,14 @@ def describe(raised: BaseException) -> tuple[str, bool]:
     text = str(e).strip()
     if isinstance(e, TribunalError):  # one line by design; Ray may append its retry notes
         return text.splitlines()[0] if text else "", True
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return no_space_line(e), True
+    if "botocore" in sys.modules:  # an S3 failure after the first contact (cluster/storage.py)
+        from tribunal.cluster.storage import describe_storage_error
+
+        line = describe_storage_error(e)
+        if line:
+            return line, True
     data_exceptions = sys.modules.get("ray.data.exceptions")
     timeout_error = getattr(data_exceptions, "ExecutionTimeoutError", None)
     if timeout_error is not None and isinstance(e, timeout_error):
@@ -161,12 +214,30 @@ def run_main(command: str | None, argv: list[str] | None) -> int:
     if command is not None:
         argv = [command, *argv]
     parser = build_parser()
-    # Commands with their own argparse (cls None) get the rest of the line untouched.
-    args, rest = parser.parse_known_args(argv)
-    if rest and COMMANDS[args.command][1] is not None:
-        parser.parse_args(argv)  # reports the unknown arguments the usual way
+    try:
+        # Commands with their own argparse (cls None) get the rest of the line untouched.
+        args, rest = parser.parse_known_args(argv)
+        if rest and COMMANDS[args.command][1] is not None:
+            parser.commands[args.command].unknown(rest)  # the command's own error, not tribunal's usage
+    except SystemExit as e:  # argparse's one line (Parser.error) or --help: its status, in-process too
+        return e.code if isinstance(e.code, int) else 2
     args.rest = rest
-    debug = args.debug
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    # Ray's own console output (logs, workers' tracebacks) is off unless --debug: connect() reads
+    # this when it starts Ray (cluster/ray_cluster.py), so the job recipes need not pass it along.
+    saved_debug = os.environ.get(DEBUG_ENV)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"
+    try:
+        return _main(args, debug)
+    finally:
+        if saved_debug is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = saved_debug
+
+
+def _main(args: argparse.Namespace, debug: bool) -> int:
     # A map stage that fails raises its own exception, not Ray Data's "UDF failed to process a
     # data block" wrapper, so the cause reaches the driver (read at ray.data's import).
     os.environ.setdefault("RAY_DATA_RAISE_ORIGINAL_MAP_EXCEPTION", "1")

@@ -79,15 +79,31 @@ def detect_layout(columns: Iterable[str], where: str) -> str:
     raise TribunalError(f"{where}: unknown layout, columns found: {', '.join(sorted(cols)) or '(none)'}; layouts known: {known}")
 
 
+def read_parquet_bytes(data: bytes, name: str) -> pa.Table:
+    """A whole Parquet file held in memory, as a table; a one-line error naming it if unreadable.
+
+    The bytes are copied into Arrow's own memory first, and read without pre-buffering (they are
+    in memory already). Handed a Python object (``io.BytesIO``, or ``pa.py_buffer``), Arrow's
+    pre-buffer cache keeps slices of it in futures that its I/O threads may release after the
+    read returns; when the process exits right after (an error found in the first rows), such a
+    thread must take the GIL of a finalizing interpreter, which ends it with ``pthread_exit``
+    inside a C++ ``noexcept`` frame: ``terminate called without an active exception``, exit 134.
+    """
+    import pyarrow.parquet as pq
+
+    copy = pa.BufferOutputStream()  # Arrow-owned: freeing it on any thread needs no GIL
+    copy.write(data)
+    try:
+        return pq.read_table(pa.BufferReader(copy.getvalue()), pre_buffer=False)
+    except (pa.ArrowException, OSError) as e:
+        raise TribunalError(f"{name}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+
+
 def read_records(data: bytes, name: str) -> list[dict[str, Any]]:
     """Rows of a Parquet, JSON (an array of objects) or JSONL file, by its name's extension."""
-    import io
-
     lower = name.lower()
     if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data)).to_pylist()
+        return read_parquet_bytes(data, name).to_pylist()
     text = data.decode("utf-8")
     if lower.endswith((".jsonl", ".ndjson")):
         rows = []

@@ -305,7 +305,7 @@ def train_on_ray(cfg: TrainConfig, task: str, address: str | None = None, cpus_p
 
     from tribunal.cluster.ray_cluster import connect
 
-    connect(address)
+    connect(address, worker_logs=True)  # the step lines are printed by the Ray Train workers
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"cfg": dataclasses.asdict(cfg), "task": task},

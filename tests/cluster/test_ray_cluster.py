@@ -208,3 +208,56 @@ def test_ray_job_submit_label_with_the_shipped_runtime_env(head: RayHead, tiny_m
     traj = json.loads((out / "trajectories" / "_manifest.json").read_text())
     assert traj["run"]["ray_submission_id"] == again
     assert traj["this_run"] == {"samples": 0, "trajectories": 0, "resumed_from": 4}
+
+
+ACTOR_POOL = """
+import ray.data  # imported before connect(), as some jobs do: its logging is configured again there
+from tribunal.cluster.ray_cluster import connect
+
+connect(None, num_cpus=2)
+
+class Double:
+    def __call__(self, batch):
+        print("a line printed by the actor", flush=True)
+        return {"id": batch["id"] * 2}
+
+rows = ray.data.range(8).map_batches(Double, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5, batch_format="numpy").take_all()
+print("ROWS", len(rows), flush=True)
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "debug"])
+def test_ray_prints_nothing_unless_debug(debug):
+    """An actor pool makes Ray print its error-level restart note (core_worker.cc), Ray Data its
+    INFO "execution finished", the actor's own output is forwarded: none of it unless
+    TRIBUNAL_DEBUG (the CLI's --debug), which brings all of it back."""
+    env = clean_env(**({"TRIBUNAL_DEBUG": "1"} if debug else {}))
+    env.pop("RAY_BACKEND_LOG_LEVEL", None)
+    if not debug:
+        env.pop("TRIBUNAL_DEBUG", None)
+    r = subprocess.run([sys.executable, "-c", ACTOR_POOL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "ROWS 8" in r.stdout
+    ray_lines = ["core_worker.cc", "has constructor arguments in the object store", "execution finished", "a line printed by the actor"]
+    if debug:
+        assert all(s in out for s in ray_lines), out[-3000:]
+    else:
+        assert r.stderr == "" and r.stdout.strip() == "ROWS 8", out[-3000:]
+
+
+def test_a_healthy_job_prints_only_its_own_lines(tmp_path, tiny_model):
+    """`tribunal sample` on a few rows with the tiny model: every stderr line is tribunal's own
+    ("[sample] ..."), and nothing goes to stdout."""
+    samples = write_samples(tmp_path / "in.parquet", make_rows(3))
+    env = clean_env()
+    for name in ("TRIBUNAL_DEBUG", "RAY_BACKEND_LOG_LEVEL"):
+        env.pop(name, None)
+    args = ["sample", "--input", str(samples), "--output", str(tmp_path / "out"), "--model", tiny_model, "--template", "default",
+            "--k", "2", "--max-tokens", "16", "--batch-size", "2", "--num-cpus-per-actor", "0.5"]  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "tribunal.jobs.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.splitlines()
+    assert lines and all(l.startswith("[sample] ") for l in lines), r.stderr[-3000:]
+    assert any(l.startswith("[sample] done in ") for l in lines)
+    assert r.stdout == ""

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ROOT, make_rows, write_samples
 from ray_head import clean_env
-from tribunal.cluster.redact import REDACTED, environment, is_secret_key, ray_submission_id, redact, scrub, scrub_url
+from tribunal.cluster.redact import REDACTED, environment, is_secret_key, ray_submission_id, redact, scrub, scrub_url, secret_values
 
 SENTINELS = {
     "AWS_ACCESS_KEY_ID": "AKIASENTINEL0KEYID77",
@@ -30,7 +30,9 @@ STORAGE_SENTINEL = "sentinel-storage-opt-token-55c1"
     ("key", "secret"),
     [("max_tokens", False), ("prompt_tokens", False), ("duplicate_keys", False), ("k", False), ("top_p", False),
      ("session_token", True), ("HF_TOKEN", True), ("AWS_SECRET_ACCESS_KEY", True), ("aws_access_key_id", True),
-     ("password", True), ("apiKey", True), ("x-amz-signature", True), ("client_secret", True), ("credentials", True)],
+     ("password", True), ("apiKey", True), ("x-amz-signature", True), ("client_secret", True), ("credentials", True),
+     ("PWD", False), ("OLDPWD", False), ("MYSQL_PWD", True), ("DB_PASSWORD", True), ("GITHUB_TOKEN", True), ("WANDB_API_KEY", True),
+     ("SSH_AUTH_SOCK", False), ("AWS_SHARED_CREDENTIALS_FILE", False), ("RAY_AUTH_TOKEN_PATH", False), ("SSL_CERT_DIR", False)],
 )  # fmt: skip
 def test_secret_key_names(key, secret):
     assert is_secret_key(key) is secret
@@ -55,6 +57,42 @@ def test_redact_keys_urls_and_values():
     assert out["counts"] == {"prompt_tokens": 12} and out["config"]["max_tokens"] == 8
     assert scrub("see http://a:b@h/x?sig=1 now", env) == "see http://h/x now"
     assert scrub_url("s3://bucket/key") == "s3://bucket/key"
+
+
+def test_directories_and_paths_are_not_secrets(tmp_path):
+    cwd = str(tmp_path / "a-rather-long-working-directory")
+    cert = tmp_path / "ca.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----")
+    env = {"PWD": cwd, "OLDPWD": str(tmp_path), "HOME": "/home/someone", "PIP_CERT": str(cert),
+           "SSH_AUTH_SOCK": "/tmp/ssh-XXXXabcd/agent.1234", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+           "MYSQL_PWD": "hunter2hunter2"}  # fmt: skip
+    assert secret_values(env) == ["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "hunter2hunter2"]
+    line = f"input not found: {cwd}/nosuch.parquet (cert {cert}); key wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY, hunter2hunter2"
+    assert scrub(line, env) == f"input not found: {cwd}/nosuch.parquet (cert {cert}); key {REDACTED}, {REDACTED}"
+    record = redact({"output": f"{cwd}/traj", "model": f"{cwd}/models/m", "secret": "x" * 12}, env)
+    assert record == {"output": f"{cwd}/traj", "model": f"{cwd}/models/m", "secret": REDACTED}
+
+
+def test_a_run_from_a_long_cwd_shows_its_real_paths(tmp_path):
+    """The CLI as a user runs it from a shell (PWD set to a long directory): errors and the
+    manifest name the real paths; a secret value in the same line is still scrubbed."""
+    cwd = tmp_path / "my-project-with-a-long-name" / "experiments"
+    cwd.mkdir(parents=True)
+    (cwd / "rb.jsonl").write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5", "id": 1}) + "\n")
+    env = clean_env(PWD=str(cwd), OLDPWD=str(tmp_path), AWS_SECRET_ACCESS_KEY=SENTINELS["AWS_SECRET_ACCESS_KEY"])
+
+    def tribunal(*args):
+        return subprocess.run([sys.executable, "-m", "tribunal.jobs.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+    r = tribunal("vote", "--input", "nosuch.parquet", "--output", "votes")
+    assert r.returncode == 2 and r.stderr.strip() == f"tribunal vote: error: trajectories not found: {cwd}/nosuch.parquet", r.stderr
+    r = tribunal("vote", "--input", f"{SENTINELS['AWS_SECRET_ACCESS_KEY']}.parquet", "--output", "votes")
+    assert r.stderr.strip() == f"tribunal vote: error: trajectories not found: {cwd}/{REDACTED}.parquet", r.stderr
+    r = tribunal("import", "--input", "rb.jsonl", "--output", "samples")
+    assert r.returncode == 0, r.stderr
+    assert REDACTED not in r.stderr and f"{cwd}/samples" in r.stderr
+    manifest = json.loads((cwd / "samples" / "_manifest.json").read_text())
+    assert manifest["output"] == f"{cwd}/samples" and REDACTED not in json.dumps(manifest)
 
 
 def test_environment_is_an_allowlist():

