@@ -132,7 +132,7 @@ def run(cfg: DemoConfig, *, stream=None) -> dict:
     ks = ",".join(str(2**i) for i in range(cfg.k.bit_length()) if 2**i <= cfg.k)
     report = eval_job.run(eval_job.EvalConfig(
         input=str(out / "label" / "scored"), output=str(out / "eval"), ks=ks, samples=str(samples), seed=cfg.seed,
-        greedy=str(out / "greedy") if cfg.greedy else "",
+        greedy=str(out / "greedy") if cfg.greedy else "", overwrite=True,
     ), stream=stream)
     print(f"[demo] done: table {out / 'eval' / 'report.md'}, plot {out / 'eval' / 'scaling.png'}", file=stream)
     return report

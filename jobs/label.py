@@ -53,7 +53,7 @@ class LabelConfig(SampleConfig):
 
         source = "scored" if self.meta_rm else "trajectories"
         return VoteConfig(input=join(self.output, source), output=join(self.output, "votes"), k=self.k, tie=self.tie, seed=self.seed,
-                          meta="on" if self.meta_rm else "off", k_meta=self.k_meta)
+                          meta="on" if self.meta_rm else "off", k_meta=self.k_meta, overwrite=self.overwrite)
 
 
 def run(cfg: LabelConfig, *, stream=None) -> dict:

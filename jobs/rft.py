@@ -47,6 +47,7 @@ class RftConfig(SampleConfig):
             input=join(self.output, "trajectories"),
             output=self.output,
             hint=self.hint,
+            overwrite=self.overwrite,
             metarm_include_hinted=self.metarm_include_hinted,
             template=self.template,
         )
