@@ -77,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = parser.commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         # SUPPRESS: `tribunal --debug sample` keeps the top-level flag (a subcommand's default would reset it)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and Ray's own output")
-        importlib.import_module(module).add_cli(p)
+        # Every option of the job's typed config is a flag; --config takes them from a YAML file.
+        # A recipe's own add_cli hook adds what its config cannot say (rft's --n-rft alias).
+        from tribunal.jobs.pipeline.config import add_arguments
+
+        mod = importlib.import_module(module)
+        p.add_argument("--config", help="YAML file with any of the options below (flags win)")
+        add_arguments(p, getattr(mod, cls))
+        if hasattr(mod, "add_cli"):
+            mod.add_cli(p)
     return parser
 
 

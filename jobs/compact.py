@@ -16,11 +16,10 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.pipeline.outputs import OutputDir
 from tribunal.schemas.errors import TribunalError
 
@@ -77,9 +76,6 @@ def run(cfg: CompactConfig, *, stream=None) -> dict:
         manifest_path=storage.join(out.path, MANIFEST),
     )
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    add_arguments(parser, CompactConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

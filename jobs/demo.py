@@ -17,13 +17,12 @@ The helpers below make deterministic synthetic samples and rollouts for tests an
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.schemas.errors import TribunalError
 
 
@@ -137,9 +136,6 @@ def run(cfg: DemoConfig, *, stream=None) -> dict:
     print(f"[demo] done: table {out / 'eval' / 'report.md'}, plot {out / 'eval' / 'scaling.png'}", file=stream)
     return report
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    add_arguments(parser, DemoConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

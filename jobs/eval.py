@@ -30,7 +30,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 
 from tribunal.jobs.grm import grm_math
 from tribunal.jobs.grm.metrics import REWARDBENCH_EXAMPLE_COUNTS, rewardbench_scores
-from tribunal.jobs.pipeline.config import add_arguments, check, opt, to_dict
+from tribunal.jobs.pipeline.config import check, opt, to_dict
 from tribunal.schemas import columns as c
 from tribunal.schemas.errors import TribunalError
 
@@ -391,10 +390,6 @@ def _headline(m: dict, tie: str) -> str:
         return f"ROC-AUC {_pct(m['roc_auc_single'])}% (n = 1, {m['single_samples']} samples)"
     return f"accuracy {_pct(m[f'accuracy_{tie}'])}% {_ci(m[f'ci95_{tie}'])}"
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, EvalConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,13 +26,12 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
 from tribunal.schemas.errors import TribunalError
@@ -179,10 +178,6 @@ def run(cfg: ExportConfig, *, job: str = "export", stream=None) -> dict:
         lines=[f"{len(df)} rollouts of {df[c.PROMPT_ID].n_unique()} prompts read" + "".join(f", {k} {v}" for k, v in notes.items())],
     )
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, ExportConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.rewards import std_filter as sf
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
@@ -342,10 +341,6 @@ def run(cfg: FilterConfig, *, job: str = "filter", stream=None) -> dict:
                f"state: {out.display(storage.join(out.path, STATE_FILE))}"],
     )
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, FilterConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

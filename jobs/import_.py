@@ -18,11 +18,10 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.schemas import columns as c
 from tribunal.schemas import importers
 from tribunal.schemas.errors import TribunalError
@@ -144,10 +143,6 @@ def run(cfg: ImportConfig, *, stream=None) -> dict:
                                                                    + ", ".join(f"{s} {n}" for s, n in sorted(subsets.items())[:8])
                                                                    + (", ..." if len(subsets) > 8 else "")])
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, ImportConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

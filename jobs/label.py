@@ -12,12 +12,11 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 from tribunal.jobs.grm import grm_math
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.sample import SampleConfig
 from tribunal.jobs.vote import VoteConfig
 
@@ -75,10 +74,6 @@ def run(cfg: LabelConfig, *, stream=None) -> dict:
     voted = vote.run(cfg.vote_config(), job="label", stream=stream)
     return {"sample": sampled, "metarm_score": scored, "vote": voted}
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, LabelConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

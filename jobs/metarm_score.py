@@ -18,11 +18,10 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.pipeline.engine_job import EngineJobConfig
 from tribunal.jobs.pipeline.outputs import OutputDir, trajectory_input
 from tribunal.jobs.pipeline.stages import StagePlan
@@ -157,10 +156,6 @@ def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> di
         lines=lines,
     )
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, MetaRmScoreConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

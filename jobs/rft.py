@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from tribunal.jobs.grm import grm_math
-from tribunal.jobs.pipeline.config import add_arguments, opt
+from tribunal.jobs.pipeline.config import opt
 from tribunal.jobs.rft_filter import RftFilterConfig
 from tribunal.jobs.sample import SampleConfig
 
@@ -65,8 +65,7 @@ def run(cfg: RftConfig, *, stream=None) -> dict:
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, RftConfig)
+    """rft's own flag beside its config's (which the CLI adds): the paper's name for k."""
     parser.add_argument("--n-rft", dest="k", type=int, metavar="N", help="same as --k")
 
 

@@ -26,7 +26,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from tribunal.jobs.grm import grm_math
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.pipeline.outputs import OutputDir, SeenIds, trajectory_input
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
@@ -383,10 +382,6 @@ def run(cfg: RftFilterConfig, *, job: str = "rft-filter", stream=None) -> dict:
     ])
     return {"funnel": funnel, "sft": sft.display(), "metarm": metarm.display(), "manifest": manifest}
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, RftFilterConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

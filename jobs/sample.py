@@ -17,13 +17,12 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from dataclasses import dataclass
 
 from tribunal.jobs.grm.grm_math import HINT_MODES
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.engines import SamplingConfig
 from tribunal.jobs.pipeline.engine_job import EngineJobConfig, default_template
 from tribunal.jobs.pipeline.outputs import OutputDir, check_inputs, duplicate_input_ids, input_files
@@ -261,10 +260,6 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
         lines=lines,
     )
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, SampleConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

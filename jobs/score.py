@@ -30,12 +30,11 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 from tribunal.jobs.engines import SamplingConfig
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.pipeline.engine_job import EngineJobConfig, default_template
 from tribunal.jobs.pipeline.outputs import OutputDir
 from tribunal.jobs.pipeline.stages import StagePlan
@@ -241,10 +240,6 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
         lines=[rewards],
     )
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, ScoreConfig)
 
 
 def main(argv: list[str] | None = None) -> int:

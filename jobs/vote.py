@@ -33,13 +33,12 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
 from tribunal.jobs.grm import grm_math
 from tribunal.jobs.grm.vote_frame import to_arrow_votes, vote_frame
-from tribunal.jobs.pipeline.config import add_arguments, check, opt
+from tribunal.jobs.pipeline.config import check, opt
 from tribunal.jobs.pipeline.outputs import OutputDir, SeenIds, trajectory_input
 from tribunal.schemas import arrow
 from tribunal.schemas import columns as c
@@ -215,10 +214,6 @@ def _guided(cfg: VoteConfig, src: OutputDir, files: list[str]) -> bool:
         raise TribunalError(f"--k-meta given but {src.display(files[0])} has no {c.META_SCORE!r} column (run `tribunal metarm-score` first)")
     return has
 
-
-def add_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with any of the options below (flags win)")
-    add_arguments(parser, VoteConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
