@@ -55,7 +55,7 @@ def test_stalled_job_fails_with_one_line(arm, tiny_model, tmp_path, monkeypatch,
     from tribunal.cluster.pools import NO_PROGRESS_TIMEOUT_ENV
     from tribunal.jobs.cli import run_main
 
-    monkeypatch.setenv(NO_PROGRESS_TIMEOUT_ENV, "12")
+    monkeypatch.setenv(NO_PROGRESS_TIMEOUT_ENV, "20")  # above an engine actor's start-up on a loaded 2-core machine
     armed = arm("batch_stall")
     samples = write_samples(tmp_path / "s.parquet", make_rows(2))
     rc = run_main("sample", ["--input", str(samples), "--output", str(tmp_path / "o"), "--model", tiny_model, "--k", "1",
