@@ -135,12 +135,15 @@ def test_subsets_from_samples_give_section_scores(tmp_path):
     assert res["rewardbench"]["Overall"] == pytest.approx(sum(res["subsets"][s]["accuracy"] for s in subsets) / 4)
 
 
-def test_unlabelled_input_and_bad_samples_fail_with_one_line(tmp_path):
+def test_unlabelled_input_gets_the_label_free_figures_and_bad_samples_fail_with_one_line(tmp_path, capsys):
     rows = judge_rows(5, 2, 0.5)
     for r in rows:
         r[c.LABELS] = None
-    with pytest.raises(TribunalError, match="no labels"):
-        ev.run(ev.EvalConfig(input=write(tmp_path / "t", rows), output=str(tmp_path / "r")))
+    res = ev.run(ev.EvalConfig(input=write(tmp_path / "t", rows), output=str(tmp_path / "u")))
+    err = capsys.readouterr().err
+    assert "no labels: accuracy, calibration and the scaling plot need them" in err and "Voting@" not in err
+    assert res["reliability"]["agreement_with_vote"]["value"] is not None and "calibration" not in res["reliability"]
+    assert res["plot"] is None and not (tmp_path / "u" / "scaling.png").exists()
     pq.write_table(pa.table({c.ID: ["x"]}), tmp_path / "s.parquet")
     good = write(tmp_path / "g", judge_rows(5, 2, 0.5))
     with pytest.raises(TribunalError, match="'subset'"):
