@@ -424,11 +424,9 @@ def plot_margin(cal: dict | None, accuracy: float | None, path_png: str) -> bool
         if all(r["ci95"] for r in rows):
             err = [[max(a - 100 * r["ci95"][0], 0) for a, r in zip(acc, rows)], [max(100 * r["ci95"][1] - a, 0) for a, r in zip(acc, rows)]]
         ax.errorbar(x, acc, yerr=err, marker="o", capsize=4, color="tab:blue", label="accuracy (95% CI)")
-        for xi, a, r in zip(x, acc, rows):
-            ax.annotate(f"n={r['samples']}", (xi, a), textcoords="offset points", xytext=(0, -15 if a > 85 else 8), ha="center", fontsize=7)
         if accuracy is not None:
             ax.axhline(100 * accuracy, color="gray", linestyle="--", label=f"overall {100 * accuracy:.1f}%")
-        ax.set_xticks(list(x), [r["bin"] for r in rows], rotation=30, fontsize=8)
+        ax.set_xticks(list(x), [f"{r['bin']}\n{r['samples']} samples" for r in rows], fontsize=7)
         ax.set_xlim(-0.5, len(rows) - 0.5)
         ax.set_xlabel(xlabel)
         ax.set_title(title, fontsize=10)
