@@ -12,7 +12,8 @@ original index of the response shown in slot ``p``; ``scores`` are in the origin
 Words used throughout:
 
 * a trajectory's **pick** is the original index of its unique top score; a tie at the top, or a
-  parse failure, is no pick. A trajectory with a pick is **decided**.
+  parse failure, is no pick, and so is a sample of one response. A trajectory with a pick is
+  **decided**.
 * its **slot** is the displayed position (0-based) of its pick: ``permutation.index(pick)``.
 * a sample's **vote** is ``vote_frame``'s ``best`` (the ``vote`` job's own answer).
 
@@ -86,12 +87,12 @@ def trajectory_picks(traj):
     width = int(traj[c.N_RESPONSES].max() or 0)
     scores, _ = _padded(traj[c.SCORES], width, -np.inf)
     parsed = traj[c.SCORES].is_not_null().to_numpy()
-    pick = unique_top(scores, parsed)
+    n = traj[c.N_RESPONSES].to_numpy()
+    pick = unique_top(scores, parsed & (n >= 2))  # one response: nothing to pick from
     perm, _ = _padded(traj[c.PERMUTATION], width, -1.0)
     slot = np.where(pick >= 0, (perm == pick[:, None]).argmax(axis=1) if width else -1, -1)
     labels = traj[c.LABELS] if c.LABELS in traj.columns else pl.Series(c.LABELS, [None] * len(traj), pl.List(pl.Float64))
     lab, lab_len = _padded(labels, width, -np.inf)
-    n = traj[c.N_RESPONSES].to_numpy()
     truth = unique_top(lab, (lab_len == n) & (n >= 2))
     truth_slot = np.where(truth >= 0, (perm == truth[:, None]).argmax(axis=1) if width else -1, -1)
     hit = np.where(truth >= 0, pick == truth, False)
@@ -99,7 +100,7 @@ def trajectory_picks(traj):
     def col(name: str, values: np.ndarray, missing: np.ndarray):
         return pl.Series(name, values, pl.Int32 if values.dtype != bool else pl.Boolean).set(pl.Series(missing), None)
 
-    if width <= 12:  # the permutation as a number in base width (12**12 < 2**53: exact)
+    if width <= 12:  # the permutation as a number in base width + 1 (13**12 < 2**53: exact in float64)
         order = pl.Series(ORDER, (np.where(perm < 0, 0, perm + 1) * float(width + 1) ** np.arange(width)).sum(axis=1).astype(np.int64))
     else:
         order = traj[c.PERMUTATION].cast(pl.List(pl.String)).list.join(",").rank("dense").cast(pl.Int64).alias(ORDER)
@@ -128,7 +129,7 @@ class SampleStats:
     ids: list[str]
     n: np.ndarray  # responses
     trajectories: np.ndarray
-    parsed: np.ndarray
+    parsed: np.ndarray  # of samples with two or more responses (one response: no pick to make)
     decided: np.ndarray
     orders: np.ndarray  # distinct orders among the decided trajectories
     pairs: np.ndarray
@@ -166,7 +167,8 @@ def sample_stats(picks, votes=None) -> SampleStats:
     n = np.zeros(S, np.int64)
     n[s] = picks[c.N_RESPONSES].to_numpy()
     trajectories = np.bincount(s, minlength=S)
-    parsed = np.bincount(s, weights=picks[c.SCORES].is_not_null().to_numpy(), minlength=S).astype(np.int64)
+    multi = picks[c.N_RESPONSES].to_numpy() >= 2  # a sample of one response has no pick to make
+    parsed = np.bincount(s, weights=picks[c.SCORES].is_not_null().to_numpy() & multi, minlength=S).astype(np.int64)
     pick = picks[PICK].fill_null(-1).to_numpy().astype(np.int64)
     slot = picks[SLOT].fill_null(-1).to_numpy().astype(np.int64)
     order = (picks[ORDER].rank("dense").to_numpy() - 1).astype(np.int64)  # 0..O-1
@@ -250,7 +252,7 @@ def contributions(st: SampleStats, slots: tuple[int, ...] = ()) -> dict[str, np.
         "fleiss_counts": np.where(fleiss[:, None], st.pick_counts, 0).astype(float),
     }
     for m in slots:
-        out[f"wins_n{m}"] = np.where((st.n == m)[:, None], st.slot_wins[:, :m], 0).astype(float)
+        out[f"wins_n{m}"] = np.where((st.n == m)[:, None], _pad(st.slot_wins, m)[:, :m], 0).astype(float)
     return out
 
 

@@ -85,6 +85,17 @@ def test_ties_and_parse_failures_are_no_pick():
     assert f["same_order_agreement"]["value"] is None  # no two decided trajectories saw one order
 
 
+def test_single_responses_make_no_pick_and_empty_chunks_add_nothing():
+    rows = [row("one", 0, (0,), [7]), row("one", 1, (0,), [3]), row("two", 0, (0, 1), [9, 3]), row("two", 1, (1, 0), [9, 3])]
+    f, st = figures(rows)
+    assert f["parsed"] == 2 and f["decided"] == 2 and f["agreement_with_vote"]["samples"] == 1
+    assert f["position_consistency"]["value"] == 1.0 and set(f["position_bias"]) == {"2"}
+    empty = rl.sample_stats(rl.trajectory_picks(frame([])))
+    total = rl.add_sums(rl.add_sums(None, rl.contributions(empty, (2,))), rl.contributions(st, (2,)))
+    assert rl.label_free_figures(total)["position_consistency"] == 1.0
+    assert rl.label_free_figures(rl.add_sums(None, rl.contributions(empty, (2,))))["first_slot_rate_pairs"] is None
+
+
 @pytest.mark.parametrize("orders", ["random", "balanced"])
 def test_a_judge_that_always_prefers_slot_one(orders):
     f, _ = figures(judge(120, (2, 3, 4), 4, first_slot_judge, orders), resamples=200)
