@@ -352,7 +352,7 @@ def plot_position_bias(rel: dict, path_png: str) -> bool:
         err = None
         if all(e["ci95"]):
             err = [[max(r - 100 * ci[0], 0) for r, ci in zip(rates, e["ci95"])], [max(100 * ci[1] - r, 0) for r, ci in zip(rates, e["ci95"])]]
-        ax.bar(range(1, m + 1), rates, yerr=err, capsize=4, color="tab:blue", alpha=0.8, label="picks shown in the slot")
+        ax.bar(range(1, m + 1), rates, yerr=err, capsize=4, color="tab:blue", alpha=0.8, label="picks shown in the slot (95% CI)")
         ax.axhline(100 / m, color="tab:red", linestyle="--", label=f"no bias ({100 / m:.0f}%)")
         for x, r in zip(range(1, m + 1), rates):
             ax.text(x, r / 2, f"{r:.0f}%", ha="center", va="center", color="white", fontsize=9, fontweight="bold")
