@@ -270,3 +270,18 @@ def test_balanced_pairs_are_half_each_way_and_vary_by_sample():
     assert tr.plan_trajectories("a", 4, 8, 0, "balanced") != tr.plan_trajectories("a", 4, 8, 1, "balanced")
     with pytest.raises(ValueError, match="orders"):
         tr.plan_trajectories("a", 2, 2, 0, "sorted")
+
+
+def test_sample_config_orders_reach_the_generate_stage_and_the_settings(tmp_path):
+    from tribunal.jobs.pipeline.outputs import OutputDir
+    from tribunal.jobs.sample import SampleConfig, build_stages
+    from tribunal.training.toy import recipe
+
+    model = str(recipe.COMMITTED / "toy-grm")
+    cfg = SampleConfig(input="in.parquet", output="out", model=model, orders="balanced")
+    assert cfg.settings()["orders"] == "balanced"
+    assert "orders" not in SampleConfig(input="in.parquet", output="out", model=model).settings()  # old outputs still resume
+    generate = next(p for p in build_stages(cfg, OutputDir(str(tmp_path / "out")), frozenset()) if p.name == "generate")
+    assert generate.kwargs["fn_constructor_kwargs"]["orders"] == "balanced"
+    with pytest.raises(ValueError, match="'orders'"):
+        SampleConfig(input="in.parquet", output="out", model=model, orders="sorted")
