@@ -266,7 +266,6 @@ def test_eval_sees_a_first_slot_judge_and_balanced_orders_cancel_it(tmp_path):
 
 def test_compare_two_runs_writes_the_disagreements(tmp_path, capsys):
     import polars as pl
-    from tribunal.jobs.grm import reliability as rl
 
     this = write(tmp_path / "a", biased_rows(50, 3, p_first=0.2, seed=1))
     other = write(tmp_path / "b", biased_rows(50, 3, p_first=0.6, seed=1, labelled=False))
@@ -282,4 +281,3 @@ def test_compare_two_runs_writes_the_disagreements(tmp_path, capsys):
     assert f"[eval] agreement with {other}: same pick " in capsys.readouterr().err
     assert f"## Agreement with `{other}`" in (tmp_path / "r" / "report.md").read_text()
     assert json.loads((tmp_path / "r" / "_manifest.json").read_text())["settings"]["compare"] == other
-    del rl
