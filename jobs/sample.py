@@ -48,6 +48,7 @@ class SampleConfig(EngineJobConfig):
     top_p: float = opt(1.0, "nucleus sampling mass")
     max_tokens: int = opt(512, "max new tokens per trajectory")
     seed: int = opt(0, "run seed: fixes permutations and sampling")
+    orders: str = opt("random", "response orders of a sample's k trajectories: random (each drawn on its own) or balanced (every response in every slot as evenly as k allows)", choices=("random", "balanced"))
     target_file_mb: float = opt(256.0, "output files are merged to about this size (MiB); each engine batch is committed on its own first")
     hint: str = opt("never", "hinted sampling mode (used by rft)", choices=HINT_MODES, cli=False)
     require_labels: bool = opt(False, "quarantine samples without labels (rft)", cli=False)
@@ -59,6 +60,7 @@ class SampleConfig(EngineJobConfig):
         check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.hint in HINT_MODES, "hint", f"must be one of {HINT_MODES}, got {self.hint!r}")
+        check(self.orders in ("random", "balanced"), "orders", f"must be random or balanced, got {self.orders!r}")
         check(0 <= self.temperature <= 2, "temperature", f"must be in [0, 2] (vLLM's range), got {self.temperature}")
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
@@ -74,7 +76,8 @@ class SampleConfig(EngineJobConfig):
     def settings(self) -> dict:
         """The options that fix the results; a resumed run must match them."""
         keys = ("input", "model", "k", "template", "temperature", "top_p", "max_tokens", "seed", "hint", "require_labels")
-        return {key: getattr(self, key) for key in keys}
+        # orders is recorded when not the default, so outputs written before it existed still resume
+        return {key: getattr(self, key) for key in keys} | ({"orders": self.orders} if self.orders != "random" else {})
 
 
 def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: frozenset = frozenset(), board=None) -> list[StagePlan]:
@@ -119,6 +122,7 @@ def build_stages(cfg: SampleConfig, out: OutputDir, done_ids, duplicate_ids: fro
                     "template": cfg.template,
                     "k": cfg.k,
                     "seed": cfg.seed,
+                    "orders": cfg.orders,
                     "hint": cfg.hint,
                     "quarantine_dir": out.quarantine,
                     "fs": out.fs,

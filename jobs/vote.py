@@ -23,6 +23,12 @@ non-hinted of each sample, all k in guided voting, not only the kept ones) whose
 parse. A re-run into the same output recomputes it; one with other settings (input, k, tie, seed,
 meta, k_meta) is refused unless ``--overwrite``.
 
+Reliability (``OUT/_manifest.json``, ``reliability``; definitions in ``docs/reliability.md``): the
+label-free figures of the judge over the trajectories considered, added up chunk by chunk (no
+intervals: ``eval`` gives those): position consistency and the flip rate (does a sample's pick
+survive a change of response order?), the share of pairwise picks shown first, and
+self-consistency (trajectories that pick their sample's vote; Fleiss' kappa of the picks).
+
 Streaming: the ``sample`` job writes all trajectories of a sample into one shard, so shards are
 voted in chunks of about ``--chunk-rows`` rows and memory stays bounded whatever the data size.
 
@@ -148,7 +154,10 @@ class VoteTally:
 
 
 def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
+    import pyarrow.parquet as pq
+
     from tribunal.cluster import storage
+    from tribunal.jobs.grm import reliability as rl
     from tribunal.jobs.pipeline.files import chunk_files
     from tribunal.jobs.pipeline.report import RunReport, Units, parse_failure_line
     from tribunal.jobs.pipeline.stages import shard_name
@@ -157,10 +166,13 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
     report = RunReport(job, KIND, cfg, out, Units(input="samples", output="votes"), stream)
     src, files = trajectory_input(cfg.input, VOTE_INPUT)
     guided = _guided(cfg, src, files)
-    columns = list(VOTE_INPUT) + ([c.META_SCORE] if guided else [])
+    with src.fs.open(files[0], "rb") as fh:
+        judged_orders = c.PERMUTATION in pq.ParquetFile(fh).schema_arrow.names  # every trajectory shard has it
+    columns = list(VOTE_INPUT) + ([c.META_SCORE] if guided else []) + ([c.PERMUTATION] if judged_orders else [])
     out.prepare_run(cfg.settings(), cfg.overwrite, kind=KIND, inputs=[cfg.input])
     out.reset_parts()  # a reducer recomputes everything: the same settings give the same votes
     seen, tally = SeenIds(), VoteTally(cfg.k, guided)
+    trust = None  # the reliability figures' sums over the chunks
     chunks = chunk_files(src.fs, files, cfg.chunk_rows)
     for i, chunk in enumerate(chunks):
         traj = src.read_polars(chunk, columns)
@@ -176,6 +188,8 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
             name = shard_name([str(ids[0]), str(ids[-1]), str(len(ids))])
             storage.write_parquet_atomic(out.fs, storage.join(out.path, name), to_arrow_votes(votes), arrow.VOTE)
         tally.add(traj, votes)
+        if judged_orders:
+            trust = rl.add_sums(trust, rl.contributions(_considered_stats(traj, votes, cfg.k), (2,)))
         report.say(f"chunk {i + 1}/{len(chunks)}: {tally.votes} samples voted")
     report.mark("voted")
 
@@ -184,12 +198,36 @@ def run(cfg: VoteConfig, *, job: str = "vote", stream=None) -> dict:
     acc = f", accuracy {100 * counts['accuracy']:.1f}% ({cfg.tie} ties, {counts['judged']} judged)" if counts["accuracy"] is not None else ""
     guide = f" (meta-RM guided: the {k_meta} with the highest meta score vote)" if guided else ""
     considered = "" if tally.considered == tally.read else f" (the first k non-hinted of each sample, of {tally.read} read)"
+    trust_figures = rl.label_free_figures(trust) if trust is not None else None
     return report.finish(
         counts,
+        extra={"reliability": trust_figures},
         throughput={"trajectories_per_s": round(tally.considered / max(report.timer.marks["voted"], 1e-9), 1)},
         lines=[f"k={cfg.k or 'all'}{guide}: {tally.abstained} abstained, {tally.tied} tied{acc}",
-               parse_failure_line(tally.failures, tally.considered, {}) + considered],
+               parse_failure_line(tally.failures, tally.considered, {}) + considered]
+              + ([reliability_line(trust_figures)] if trust_figures else []),
     )
+
+
+def _considered_stats(traj, votes, k):
+    """Per-sample reliability counts of a chunk's considered trajectories (the first k non-hinted)."""
+    import polars as pl
+
+    from tribunal.jobs.grm import reliability as rl
+
+    keep = ~pl.col(c.HINTED) if k is None else ~pl.col(c.HINTED) & (pl.col(c.SAMPLE_INDEX) < k)
+    return rl.sample_stats(rl.trajectory_picks(traj.filter(keep)), votes)
+
+
+def reliability_line(f: dict) -> str:
+    """One short console line of the label-free figures (the manifest has them all)."""
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    kappa = "-" if f["fleiss_kappa"] is None else f"{f['fleiss_kappa']:.2f}"
+    return (f"reliability: position consistency {pct(f['position_consistency'])}, flip rate {pct(f['flip_rate'])} "
+            f"({f['samples_seen_in_two_orders']} samples in 2+ orders); {pct(f['agreement_with_vote'])} of picks agree with the vote, "
+            f"Fleiss' kappa {kappa}")
 
 
 def _samples_in(ids, voted: int) -> int:

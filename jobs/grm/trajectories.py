@@ -5,10 +5,15 @@ Pure Python (no Ray, no torch): the engine stage calls these around one ``engine
 A sample with ``n`` responses needs ``k`` trajectories but has only ``n!`` distinct response
 orders (2 for pairs). Trajectories that share a permutation (and hint) become one request with
 ``n = count`` so the engine prefills the shared prompt once (SPEC section 8).
+
+Response orders (``ORDERS``): ``random`` draws each trajectory's permutation on its own (SPEC
+section 4); ``balanced`` assigns them so that every response appears in every displayed slot as
+evenly as k allows (``balanced_permutations``). Both are seeded per (run seed, sample id).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,11 +33,43 @@ class TrajectorySpec:
     hint: int | None  # 1-based view position of the labelled best response (hinted only)
 
 
-def plan_trajectories(sample_id: str, n: int, k: int, seed: int) -> list[TrajectorySpec]:
-    """The k non-hinted trajectories of a sample, each with its own seeded permutation."""
-    return [
-        TrajectorySpec(j, False, grm_math.draw_permutation(seed, sample_id, j, n), None) for j in range(k)
-    ]
+ORDERS = ("random", "balanced")
+
+
+def plan_trajectories(sample_id: str, n: int, k: int, seed: int, orders: str = "random") -> list[TrajectorySpec]:
+    """The k non-hinted trajectories of a sample, each with its seeded permutation: drawn on its
+    own (``random``) or from ``balanced_permutations`` (``balanced``)."""
+    if orders == "random":
+        perms = [grm_math.draw_permutation(seed, sample_id, j, n) for j in range(k)]
+    elif orders == "balanced":
+        perms = balanced_permutations(seed, sample_id, n, k)
+    else:
+        raise ValueError(f"orders must be one of {ORDERS}, got {orders!r}")
+    return [TrajectorySpec(j, False, perm, None) for j, perm in enumerate(perms)]
+
+
+def balanced_permutations(seed: int, sample_id: str, n: int, k: int) -> list[tuple[int, ...]]:
+    """k response orders in which every response sits in every displayed slot ``k // n`` or
+    ``k // n + 1`` times, and so does every prefix of them (the first k' of a k = 32 run are
+    balanced too, as voting at smaller k needs).
+
+    Trajectories come in blocks of n: block ``b`` takes a base order (the permutation the
+    ``random`` planner draws for trajectory ``b * n``) and its n cyclic shifts, a Latin square:
+    each response once in each slot. The base comes first, the other shifts in a seeded order, so
+    trajectory 0 is the ``random`` planner's trajectory 0 and a partial last block is a seeded
+    choice of shifts. Pairs: half the trajectories each way (k odd: one extra, either way). A
+    fresh base per block varies which responses are shown next to which.
+    """
+    out: list[tuple[int, ...]] = []
+    block = 0
+    while len(out) < k:
+        base = grm_math.draw_permutation(seed, sample_id, block * n, n)
+        shifts = list(range(1, n))
+        random.Random(grm_math.stable_seed(seed, "balanced", sample_id, block)).shuffle(shifts)
+        for s in [0, *shifts]:
+            out.append(tuple(base[(p + s) % n] for p in range(n)))
+        block += 1
+    return out[:k]
 
 
 def plan_hinted(sample_id: str, labels: Sequence[float], seed: int) -> TrajectorySpec:

@@ -163,7 +163,7 @@ class GenerateStage:
     """
 
     def __init__(self, engine_cfg, sampling, template: str, k: int, seed: int, hint: str = "never",
-                 quarantine_dir: str | None = None, fs=None, run=None, board=None):
+                 quarantine_dir: str | None = None, fs=None, run=None, board=None, orders: str = "random"):
         import time
 
         from tribunal.jobs.engines import build_engine
@@ -181,6 +181,7 @@ class GenerateStage:
         self.template = load_template(template)
         self.k = k
         self.seed = seed
+        self.orders = orders  # random or balanced response orders (trajectories.plan_trajectories)
         self.hint = hint
         self.quarantine_dir, self.fs, self.run = quarantine_dir, fs, run
 
@@ -275,7 +276,7 @@ class GenerateStage:
                 raise ValueError(f"GenerateStage: sample {s[c.ID]}: {problem}")
         fault_point("batch_start")  # test hooks (TRIBUNAL_FAULT_DIR); nothing unless armed
         aside: dict[str, tuple[str, str]] = {}
-        plans = [tr.plan_trajectories(s[c.ID], len(s[c.RESPONSES]), self.k, self.seed) for s in samples]
+        plans = [tr.plan_trajectories(s[c.ID], len(s[c.RESPONSES]), self.k, self.seed, self.orders) for s in samples]
         rows = self._generate(samples, plans, aside)
         if self.hint != "never":
             hinted_idx = [

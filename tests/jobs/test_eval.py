@@ -135,12 +135,15 @@ def test_subsets_from_samples_give_section_scores(tmp_path):
     assert res["rewardbench"]["Overall"] == pytest.approx(sum(res["subsets"][s]["accuracy"] for s in subsets) / 4)
 
 
-def test_unlabelled_input_and_bad_samples_fail_with_one_line(tmp_path):
+def test_unlabelled_input_gets_the_label_free_figures_and_bad_samples_fail_with_one_line(tmp_path, capsys):
     rows = judge_rows(5, 2, 0.5)
     for r in rows:
         r[c.LABELS] = None
-    with pytest.raises(TribunalError, match="no labels"):
-        ev.run(ev.EvalConfig(input=write(tmp_path / "t", rows), output=str(tmp_path / "r")))
+    res = ev.run(ev.EvalConfig(input=write(tmp_path / "t", rows), output=str(tmp_path / "u")))
+    err = capsys.readouterr().err
+    assert "no labels: accuracy, calibration and the scaling plot need them" in err and "Voting@" not in err
+    assert res["reliability"]["agreement_with_vote"]["value"] is not None and "calibration" not in res["reliability"]
+    assert res["plot"] is None and not (tmp_path / "u" / "scaling.png").exists()
     pq.write_table(pa.table({c.ID: ["x"]}), tmp_path / "s.parquet")
     good = write(tmp_path / "g", judge_rows(5, 2, 0.5))
     with pytest.raises(TribunalError, match="'subset'"):
@@ -186,3 +189,95 @@ def test_console_has_greedy_one_parse_failure_figure_and_rewardbench_coverage(tm
     assert saved["parse_failures"]["failures"] == failures and saved["parse_failures"]["trajectories"] == 160
     manifest = json.loads((tmp_path / "r" / "_manifest.json").read_text())
     assert manifest["counts"]["rows_in"] == 40 == manifest["counts"]["rows_out"] and manifest["counts"]["reconciled"]
+
+
+# ------------------------------------------------------------------------ reliability
+
+
+def biased_rows(samples: int, k: int, p_first: float, seed: int = 0, n_choices=(2, 2, 3, 4), orders: str = "random", labelled: bool = True) -> list[dict]:
+    """Trajectories of a judge that picks the response shown first with probability ``p_first``,
+    else the labelled best (scores mapped back to the original order as `sample` does)."""
+    from tribunal.jobs.grm import trajectories as tr
+
+    rng = random.Random(seed)
+    rows = []
+    for s in range(samples):
+        n = n_choices[s % len(n_choices)]
+        best = rng.randrange(n)
+        labels = [1.0 if i == best else 0.0 for i in range(n)]
+        for spec in tr.plan_trajectories(f"s{s:04d}", n, k, seed, orders):
+            shown = spec.permutation[0] if rng.random() < p_first else best
+            scores = [9 if i == shown else rng.randint(2, 5) for i in range(n)]
+            rows.append({
+                c.ID: f"s{s:04d}", c.SAMPLE_INDEX: spec.sample_index, c.HINTED: False, c.N_RESPONSES: n, c.PERMUTATION: list(spec.permutation),
+                c.TEXT: "t", c.SCORES: scores, c.LABELS: labels if labelled else None, c.CONTEXT: [{"role": "user", "content": f"q{s}"}],
+                c.RESPONSES: ["x" * (10 + 5 * i) for i in range(n)],
+            })
+    return rows
+
+
+def test_reliability_in_metrics_report_console_and_plots(tmp_path, capsys):
+    from tribunal.jobs.grm import reliability as rl
+    from tribunal.jobs.grm.vote_frame import vote_frame
+    import polars as pl
+
+    rows = biased_rows(80, 4, p_first=0.3, seed=7)
+    subsets = pa.table({c.ID: [f"s{s:04d}" for s in range(80)], "subset": ["a" if s % 2 else "b" for s in range(80)]})
+    pq.write_table(subsets, tmp_path / "samples.parquet")
+    res = ev.run(ev.EvalConfig(input=write(tmp_path / "t", rows), output=str(tmp_path / "r"), ks="1,4", bootstrap=50, samples=str(tmp_path / "samples.parquet")))
+    rel = res["reliability"]
+    for key in ("position_consistency", "flip_rate", "same_order_agreement", "agreement_with_vote", "fleiss_kappa"):
+        assert set(rel[key]) == {"value", "ci95", "samples"} and rel[key]["value"] is not None and len(rel[key]["ci95"]) == 2, key
+    assert set(rel["position_bias"]) == {"2", "3", "4"} and rel["first_slot_rate_pairs"]["value"] > 0.55
+    assert set(rel["calibration"]) >= {"multi", "single", "score_range"} and rel["calibration"]["multi"]["vote_share"]["ece"] is not None
+    assert rel["length_bias"]["overall"]["responses"] == sum(2 if s % 4 < 2 else 3 if s % 4 == 2 else 4 for s in range(80))
+    assert set(rel["accuracy_by_best_slot"]) == {"2", "3", "4"}
+    assert set(res["reliability_subsets"]) == {"a", "b"} and res["reliability_subsets"]["a"]["samples"] == 40
+    # the job's figures are the pure functions' on the same trajectories
+    df = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow.TRAJECTORY))
+    pure = rl.reliability(rl.sample_stats(rl.trajectory_picks(df), vote_frame(df, None, 0, "random")), 0, 0)
+    for key in ("position_consistency", "flip_rate", "agreement_with_vote", "fleiss_kappa"):
+        assert rel[key]["value"] == pytest.approx(pure[key]["value"])
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert saved["reliability"]["position_consistency"]["value"] == pytest.approx(rel["position_consistency"]["value"])
+    report = (tmp_path / "r" / "report.md").read_text()
+    for section in ("## Reliability of the judge", "### Position bias by displayed slot", "### Calibration", "### Length bias", "### Reliability per subset",
+                    "![position bias](position_bias.png)", "![reliability diagram](reliability.png)", "![accuracy by vote margin](margin.png)"):
+        assert section in report, section
+    for png in ("position_bias.png", "reliability.png", "margin.png"):
+        assert (tmp_path / "r" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    err = capsys.readouterr().err
+    assert "[eval] position consistency " in err and "[eval] position bias: the first slot wins " in err and "[eval] self-consistency: " in err
+    manifest = json.loads((tmp_path / "r" / "_manifest.json").read_text())
+    assert manifest["plots"]["position_bias"].endswith("position_bias.png") and manifest["counts"]["reconciled"]
+
+
+def test_eval_sees_a_first_slot_judge_and_balanced_orders_cancel_it(tmp_path):
+    biased = ev.run(ev.EvalConfig(input=write(tmp_path / "b", biased_rows(60, 4, p_first=1.0, n_choices=(2,))), output=str(tmp_path / "rb"), bootstrap=0))
+    first = biased["reliability"]["first_slot_rate_pairs"]
+    assert first["value"] == 1.0 and first["p_value"] < 1e-6
+    assert biased["reliability"]["position_consistency"]["value"] == 0.0 and biased["reliability"]["flip_rate"]["value"] == 1.0
+    fair = ev.run(ev.EvalConfig(input=write(tmp_path / "f", biased_rows(60, 4, p_first=0.0, n_choices=(2,), orders="balanced")), output=str(tmp_path / "rf"), bootstrap=0))
+    assert fair["reliability"]["first_slot_rate_pairs"]["value"] == 0.5 and fair["reliability"]["position_consistency"]["value"] == 1.0
+    # over balanced orders a pure first-slot judge picks each response of a pair exactly half the time
+    balanced = ev.run(ev.EvalConfig(input=write(tmp_path / "bb", biased_rows(60, 4, p_first=1.0, n_choices=(2,), orders="balanced")), output=str(tmp_path / "rbb"), bootstrap=0))
+    assert balanced["reliability"]["first_slot_rate_pairs"]["value"] == 1.0 and balanced["reliability"]["agreement_with_vote"]["value"] == 0.5
+
+
+def test_compare_two_runs_writes_the_disagreements(tmp_path, capsys):
+    import polars as pl
+
+    this = write(tmp_path / "a", biased_rows(50, 3, p_first=0.2, seed=1))
+    other = write(tmp_path / "b", biased_rows(50, 3, p_first=0.6, seed=1, labelled=False))
+    res = ev.run(ev.EvalConfig(input=this, output=str(tmp_path / "r"), compare=other, bootstrap=50))
+    cmp_ = res["compare"]
+    dis = pq.read_table(tmp_path / "r" / ev.DISAGREEMENTS_FILE)
+    assert dis.schema.equals(ev.disagreements_schema()) and dis.num_rows == cmp_["disagreements"] > 0
+    d = pl.from_arrow(dis)
+    assert (d[c.BEST] != d["other_best"]).all() and d[c.LABELS].is_not_null().all() and d["other_correct"].is_null().all()
+    assert cmp_["common"] == 50 and 0 < cmp_["cohen_kappa"]["value"] < 1 and cmp_["score_spearman"]["value"] is not None
+    assert cmp_["agreement"]["value"] == pytest.approx(1 - cmp_["disagreements"] / 50)
+    assert "accuracy_this" not in cmp_  # the other run has no labels
+    assert f"[eval] agreement with {other}: same pick " in capsys.readouterr().err
+    assert f"## Agreement with `{other}`" in (tmp_path / "r" / "report.md").read_text()
+    assert json.loads((tmp_path / "r" / "_manifest.json").read_text())["settings"]["compare"] == other

@@ -246,3 +246,31 @@ def test_guided_vote_parse_failures_are_over_every_trajectory_considered(tmp_pat
     assert counts["parse_failures"] == failures and counts["parse_failure_rate"] == pytest.approx(failures / 400)
     assert counts["trajectories_voted"] == 200 and counts["valid_voters"] > 200 - failures  # the meta-RM kept the parsed ones
     assert f"parse failures: {100 * failures / 400:.1f}% of 400 trajectories" in err.getvalue()
+
+
+def test_vote_manifest_and_console_carry_the_label_free_reliability_figures(tmp_path, capsys):
+    """Added up chunk by chunk, the figures equal the pure functions' on the whole input."""
+    from tribunal.jobs.grm import reliability as rl
+    from tribunal.jobs.grm import trajectories as tr
+
+    rng = random.Random(5)
+    rows = []
+    for s in range(120):
+        n = (2, 3)[s % 2]
+        for spec in tr.plan_trajectories(f"s{s:05d}", n, 4, 0):
+            ok = rng.random() > 0.1
+            rows.append({c.ID: f"s{s:05d}", c.SAMPLE_INDEX: spec.sample_index, c.HINTED: False, c.N_RESPONSES: n, c.PERMUTATION: list(spec.permutation),
+                         c.TEXT: "t", c.SCORES: [rng.randint(1, 9) for _ in range(n)] if ok else None, c.LABELS: None,
+                         c.CONTEXT: [{"role": "user", "content": "q"}], c.RESPONSES: [f"r{i}" for i in range(n)]})
+    d = write_shards(tmp_path, rows)
+    manifest = vote.run(vote.VoteConfig(input=str(d), output=str(tmp_path / "votes"), k=3, chunk_rows=200))
+    df = pl.from_arrow(pa.Table.from_pylist(rows, schema=arrow.TRAJECTORY)).filter(pl.col(c.SAMPLE_INDEX) < 3)
+    pure = rl.reliability(rl.sample_stats(rl.trajectory_picks(df), vote.vote_frame(df, 3, 0, "random")), 0, 0)
+    got = manifest["reliability"]
+    for key in ("position_consistency", "flip_rate", "same_order_agreement", "agreement_with_vote", "fleiss_kappa"):
+        assert got[key] == pytest.approx(pure[key]["value"]), key
+    assert got["first_slot_rate_pairs"] == pytest.approx(pure["first_slot_rate_pairs"]["value"])
+    assert got["samples_seen_in_two_orders"] == pure["position_consistency"]["samples"]
+    assert json.loads((tmp_path / "votes" / "_manifest.json").read_text())["reliability"] == got
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[vote] reliability: ")]
+    assert len(lines) == 1 and "position consistency" in lines[0] and "Fleiss' kappa" in lines[0]
