@@ -131,6 +131,24 @@ class EngineJobConfig:
             max_retries=self.max_retries, retry_backoff_s=self.retry_backoff_s,
         )
 
+    def usage_start(self) -> None:
+        """Before the engines start (Ray connected): forget the endpoint usage earlier runs of this
+        Ray job posted (openai engine; nothing for the others)."""
+        if self.engine == "openai":
+            from tribunal.jobs.engines.openai_engine import clear_endpoint_usage
+
+            clear_endpoint_usage()
+
+    def usage_report(self) -> tuple[dict | None, str | None]:
+        """After the run: the endpoint's usage summed over the pool's actors, with the cost estimate
+        of ``--price-*-per-mtok`` (the manifest's ``engines.usage``), and its summary line; (None,
+        None) for the in-process engines."""
+        if self.engine != "openai":
+            return None, None
+        from tribunal.jobs.engines.openai_engine import endpoint_usage, usage_report
+
+        return usage_report(endpoint_usage(), self.price_input_per_mtok, self.price_output_per_mtok)
+
     def engine_ops(self) -> tuple[str, ...]:
         """The engine operations this job calls (a job that scores continuations says so): checked
         against what the engine can serve before anything starts."""

@@ -162,21 +162,23 @@ def test_a_wrong_served_model_is_one_line(server):
 
 def test_faults_between_engine_and_server_leave_one_answer_per_request(server, reference):
     """429 with Retry-After, 500s, two connections reset after the server answered (the work was
-    done: the retry asks again) and a stall past the 3 s timeout, among 12 requests: each request
+    done: the retry asks again) and a stall past the 5 s timeout, among 12 requests: each request
     gets exactly one result, equal to the fault-free one, and every fault is one counted retry."""
     plan = ["429", None, "500", "reset", None, "stall", "500", None, "reset"]
     proxy = FaultProxy(server.port, plan=list(plan))
-    eng = _engine(proxy.base_url, timeout_s=3, retry_backoff_s=0.05, max_retries=4, max_in_flight=4)
+    eng = _engine(proxy.base_url, timeout_s=5, retry_backoff_s=0.05, max_retries=4, max_in_flight=4)
     try:
         got = eng.generate(reference["greedy_reqs"], GREEDY)
         assert _texts(got) == _texts(reference["greedy"])
         faults = sum(1 for f in plan if f is not None)
         u = eng.usage()
-        assert (u["retries"], u["requests"], u["attempts"]) == (faults, len(got), len(got) + faults + 1)  # + the model list at start
-        assert (u["failed_429"], u["failed_500"], u["failed_connection"], u["failed_timeout"]) == (1, 2, 2, 1)
-        assert dict(proxy.counts) == {"fault_429": 1, "fault_500": 2, "fault_reset": 2, "fault_stall": 1,
-                                     "forwarded": 1 + len(got) + 2}  # the model list, every request, the two reset after the server answered
-        assert proxy.posts("/v1/completions") == len(got) + faults
+        failed = {k[len("failed_"):]: v for k, v in u.items() if k.startswith("failed_")}
+        # a real answer slower than 5 s on a loaded machine would be one more counted timeout
+        assert (failed["429"], failed["500"], failed["connection"]) == (1, 2, 2) and failed["timeout"] >= 1
+        assert u["retries"] == sum(failed.values()) >= faults and u["requests"] == len(got)
+        assert u["attempts"] == len(got) + u["retries"] + 1  # + the model list at start
+        assert (proxy.counts["fault_429"], proxy.counts["fault_500"], proxy.counts["fault_reset"], proxy.counts["fault_stall"]) == (1, 2, 2, 1)
+        assert proxy.posts("/v1/completions") == len(got) + u["retries"]
     finally:
         eng.close()
         proxy.close()
