@@ -206,7 +206,11 @@ class OpenAIEngine:
         self._rng = random.Random()
         headers = {"User-Agent": "tribunal"}
         for name, value in ep.headers:
-            headers[name] = os.environ.get(value[4:], "") if value.startswith("env:") else value
+            if value.startswith("env:"):
+                if not os.environ.get(value[4:]):
+                    raise TribunalError(f"--extra-headers {name}: env:{value[4:]}: that environment variable is not set where the engine runs")
+                value = os.environ[value[4:]]
+            headers[name] = value
         if ep.api_key_env:
             key = os.environ.get(ep.api_key_env)
             if not key:
@@ -235,7 +239,11 @@ class OpenAIEngine:
             self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(ep.timeout_s), limits=limits)
 
         self._call(_setup())
-        self.served_model, listed = self._call(self._resolve_model(cfg.model))
+        try:
+            self.served_model, listed = self._call(self._resolve_model(cfg.model))
+        except BaseException:
+            self.close()
+            raise
         if not self.chat:
             self.max_context = listed.get("max_model_len") or _local_context(cfg.model)
         self._usage = _UsagePoster()
@@ -355,8 +363,9 @@ class OpenAIEngine:
         finally:
             self._usage.post(self.usage())
 
-    def _usage_in(self, data: dict) -> tuple[int, int, int]:
-        """(prompt, completion, cached) tokens of one answer; counted into this engine's usage."""
+    def _usage_in(self, data: dict, reserved: float = 0.0) -> tuple[int, int, int]:
+        """(prompt, completion, cached) tokens of one answer, counted into this engine's usage; the
+        token bucket is settled: ``reserved`` (taken before the request) against what it used."""
         u = data.get("usage") or {}
         prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
         cached = int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
@@ -364,8 +373,8 @@ class OpenAIEngine:
         self.stats["prompt_tokens"] += prompt
         self.stats["completion_tokens"] += completion
         self.stats["cached_tokens"] += cached
-        if self._tokens is not None:
-            self._tokens.give(-(prompt + completion))
+        if self._tokens is not None and reserved:
+            self._tokens.give(reserved - (prompt + completion))
         return prompt, completion, cached
 
     def usage(self) -> dict:
@@ -406,7 +415,7 @@ class OpenAIEngine:
             estimate = (len(body.get("prompt") or []) or _chars(body) // 4) + ask * sampling.max_tokens
             path = "/v1/chat/completions" if self.chat else "/v1/completions"
             data = await self._request("POST", path, body, "a generation request", tokens=estimate)
-            p, completion, c = self._usage_in(data)
+            p, completion, c = self._usage_in(data, estimate)
             prompt_tokens, cached = prompt_tokens or p, cached or c
             choices = sorted(data.get("choices") or [], key=lambda ch: ch.get("index", 0))[:ask]
             if not choices:
@@ -459,7 +468,7 @@ class OpenAIEngine:
         # is generated because a request must generate something.
         body = {"model": self.served_model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
         data = await self._request("POST", "/v1/completions", body, "a prompt_logprobs request", tokens=len(ids) + 1)
-        self._usage_in(data)
+        self._usage_in(data, len(ids) + 1)
         choices = data.get("choices") or [{}]
         plp = choices[0].get("prompt_logprobs")
         if plp is None:
@@ -483,7 +492,7 @@ class OpenAIEngine:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         body = {"model": self.served_model, "input": ids}
         data = await self._request("POST", "/classify", body, "a classify request", tokens=len(ids))
-        self._usage_in(data)
+        self._usage_in(data, len(ids))
         rows = data.get("data") or []
         probs = rows[0].get("probs") if rows else None
         if not probs or len(probs) != 1:

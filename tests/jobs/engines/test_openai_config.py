@@ -160,3 +160,28 @@ def test_a_dead_endpoint_fails_the_start_with_one_line():
     with pytest.raises(TribunalError, match=rf"^the endpoint http://127.0.0.1:{port}/v1/models failed list models 3 times \(2 retries, "
                                             r"--max-retries\); last error: ConnectError: "):
         OpenAIEngine(EngineConfig(kind="openai", endpoint=ep))
+
+
+def test_the_rate_limit_bucket():
+    """600/min: ten seconds' worth (100) at once, then 10 a second; a request that used more than
+    it reserved makes the next ones wait for it."""
+    import asyncio
+
+    from tribunal.jobs.engines.openai_engine import _Bucket
+
+    async def go():
+        b = _Bucket(600)
+        t0 = time.monotonic()
+        for _ in range(100):
+            await b.acquire(1)
+        burst = time.monotonic() - t0
+        for _ in range(5):
+            await b.acquire(1)
+        paced = time.monotonic() - t0
+        b.give(-10)  # 10 more used than reserved: a second's worth owed
+        t1 = time.monotonic()
+        await b.acquire(1)
+        return burst, paced, time.monotonic() - t1
+
+    burst, paced, owed = asyncio.run(go())
+    assert burst < 0.2 and 0.4 <= paced < 1.5 and 0.9 <= owed < 2.0
