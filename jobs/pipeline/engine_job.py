@@ -26,7 +26,7 @@ class EngineJobConfig:
     concurrency: int = opt(1, "engine actors in the pool")
     num_gpus_per_actor: float | None = opt(None, "GPUs per engine actor (default: 1 for vllm, 0 for transformers and openai)")
     num_cpus_per_actor: float = opt(1.0, "CPUs per engine actor (the transformers engine uses that many threads)")
-    concurrent_batches: int | None = opt(None, "batches in flight per actor (default: 4 for vllm and openai, 1 for transformers)")
+    concurrent_batches: int | None = opt(None, "batches in flight per actor (default: 4 for vllm, 8 for openai, 1 for transformers)")
     dtype: str = opt("auto", "model dtype (auto, float32, bfloat16, float16)")
     device: str = opt("auto", "transformers device: auto, cpu, cuda")
     max_model_len: int | None = opt(None, "vLLM context length limit (tokens)")

@@ -52,7 +52,7 @@ def test_endpoint_options_reach_the_engine_config(tiny_model):
     # the in-process engines get no endpoint; the pool of an openai job is CPU-only, batches overlap
     assert SampleConfig(input="x", output="y", model=tiny_model).engine_config().endpoint is None
     pool = cfg.pool()
-    assert pool.num_gpus == 0 and pool.concurrent_batches == 4 and pool.size == 3
+    assert pool.num_gpus == 0 and pool.concurrent_batches == 8 and pool.size == 3
 
 
 def test_endpoint_option_checks_name_their_key(tiny_model):
