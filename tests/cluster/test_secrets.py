@@ -163,3 +163,38 @@ def test_the_search_sees_inside_compressed_parquet(tmp_path):
     path = tmp_path / "x.parquet"
     pq.write_table(pa.table({"t": ["prefix " + SENTINELS["HF_TOKEN"] * 3]}), path, **PARQUET_OPTIONS)
     assert SENTINELS["HF_TOKEN"] in strings_in(path)
+
+
+def test_an_endpoint_key_is_sent_and_found_nowhere_else(tmp_path):
+    """--engine openai --api-key-env: the key goes to the endpoint as the Authorization header and
+    nowhere else, even when the endpoint fails every request and the job stops on its retry budget
+    (the error lines, the actor's traceback in Ray's logs, the output's records). The variable's
+    name is not secret-looking, so no scrubbing by value can hide a leak."""
+    from openai_proxy import FaultProxy
+
+    secret = "sk-sentinel-endpoint-key-6d2e0b7a"
+    raydir = tempfile.mkdtemp(prefix="trs", dir="/tmp")
+    proxy = FaultProxy(upstream_port=None)  # lists one model, answers 503 to the rest
+    try:
+        env = clean_env(TRIBUNAL_LLM_CRED=secret, RAY_TMPDIR=raydir)
+        samples = write_samples(tmp_path / "in" / "samples.parquet", make_rows(2))
+        out = tmp_path / "out"
+        cmd = [sys.executable, "-m", "tribunal.jobs.cli", "label", "--input", str(samples), "--output", str(out), "--engine", "openai",
+               "--api", "chat", "--base-url", proxy.base_url, "--served-model", "m", "--api-key-env", "TRIBUNAL_LLM_CRED",
+               "--k", "2", "--max-tokens", "8", "--batch-size", "2", "--num-cpus-per-actor", "0.5", "--max-retries", "1",
+               "--retry-backoff-s", "0.05"]  # fmt: skip
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert f"the endpoint http://127.0.0.1:{proxy.port}/v1/chat/completions failed a generation request 2 times" in r.stderr.splitlines()[-1]
+        assert proxy.seen and all(h.get("authorization") == f"Bearer {secret}" for _, _, h in proxy.seen)
+        files = [p for p in out.rglob("*") if p.is_file()]
+        ray_logs = [p for p in Path(raydir).rglob("*") if p.is_file() and not p.is_socket()]
+        assert any(p.name == "_run.json" for p in files) and ray_logs
+        haystacks = {str(p): strings_in(p) for p in files + ray_logs}
+        haystacks["stdout"], haystacks["stderr"] = r.stdout, r.stderr
+        assert any("503" in h for n, h in haystacks.items() if n not in ("stdout", "stderr"))  # the search sees the actor's error
+        found = [name for name, h in haystacks.items() if secret in h]
+        assert not found, f"the key found in {found}"
+    finally:
+        proxy.close()
+        shutil.rmtree(raydir, ignore_errors=True)

@@ -19,7 +19,7 @@ ENGINE_JOBS = {
     "metarm-score": ("tribunal.jobs.metarm_score", "MetaRmScoreConfig"),
 }
 # EngineConfig's fields and the job option that sets each (kind and task are the job's to choose).
-ENGINE_KNOBS = {"kind": "engine", "model": "model", "task": None}
+ENGINE_KNOBS = {"kind": "engine", "model": "model", "task": None, "endpoint": None}  # endpoint: the openai options (test_openai_config.py)
 
 
 def _config(module: str, name: str):
