@@ -129,6 +129,7 @@ def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> di
     done = done_keys(out)
     where = connect(cfg.address)
     cfg.check_fits()
+    cfg.usage_start()
     todo = max(rows_in - len(done), 0)
     quarantined_before = sum(out.quarantine_counts().values())
     report.say(f"{rows_in} trajectories in {len(files)} file(s), {len(done)} already done; meta-RM {cfg.engine} on {where}")
@@ -148,11 +149,15 @@ def run(cfg: MetaRmScoreConfig, *, job: str = "metarm-score", stream=None) -> di
     lines = []
     if counts.get("roc_auc") is not None:
         lines.append(f"meta-RM ROC-AUC {counts['roc_auc']:.3f} against correctness, on {counts['labelled']} labelled trajectories")
+    usage, usage_line = cfg.usage_report()
+    if usage_line:
+        lines.append(usage_line)
     return report.finish(
         counts,
         this_run={"scored": progress.rows, "resumed_from": len(done)},
         throughput={"trajectories_per_s": round(progress.rows / elapsed, 3)},
-        extra={"model": cfg.model, "input_files": len(files), "fault_policy": fault_policy().as_dict()},
+        extra={"model": cfg.model, "input_files": len(files), "fault_policy": fault_policy().as_dict(),
+               "engines": {"kind": cfg.engine, "usage": usage}},
         lines=lines,
     )
 

@@ -201,6 +201,7 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     done = out.prepare(cfg.settings(), overwrite=cfg.overwrite, kind=KIND, inputs=[cfg.input])
     where = connect(cfg.address)
     cfg.check_fits()
+    cfg.usage_start()  # the openai engine's endpoint usage counts from here
     todo = max(rows_in - len(done), 0)
     report.say(f"{rows_in} samples in {len(files)} file(s), {len(done)} already done; k={cfg.k}, template {cfg.template}; {cfg.engine} on {where}")
     report.mark("prepared")
@@ -234,6 +235,9 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
     lines = [parse_failure_line(counts["parse_failures"], counts["trajectories"], counts["parse_failure_reasons"])]
     if counts["labelled_trajectories"]:
         lines.append(f"correct trajectories: {counts['correct']}/{counts['labelled_trajectories']}")
+    usage, usage_line = cfg.usage_report()  # openai: requests, retries, tokens, cost; None otherwise
+    if usage_line:
+        lines.append(usage_line)
     return report.finish(
         counts,
         this_run={"samples": progress.samples, "trajectories": progress.rows, "resumed_from": len(done)},
@@ -259,6 +263,7 @@ def run(cfg: SampleConfig, *, job: str = "sample", stream=None) -> dict:
                 "generation_s": round(max(gen_s - load_s, 0.0), 2),
                 "request_prompt_tokens": progress.request_prompt_tokens,  # sent to the engine, once per request
                 "cached_prompt_tokens": progress.cached_prompt_tokens,  # of those, prefix-cache hits (vLLM's count)
+                "usage": usage,  # openai engine: requests, retries, failed attempts, tokens, cost estimate
             },
         },
         lines=lines,

@@ -88,6 +88,9 @@ class ScoreConfig(EngineJobConfig):
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
 
+    def engine_ops(self) -> tuple[str, ...]:
+        return ("score_continuation",) if self.mode == "prob" else ("generate",)
+
     def answer_format(self):
         from tribunal.jobs.rewards.prob import AnswerFormat
 
@@ -206,6 +209,7 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
     blocks = blocks_of_prompts(valid, cfg.batch_rollouts)
     where = connect(cfg.address)
     cfg.check_fits()
+    cfg.usage_start()
     todo_prompts = len(set(valid[c.PROMPT_ID].to_pylist()))
     mode = f"mode {cfg.mode}" + (f"/{cfg.form}, template {cfg.template}" if cfg.mode == "grm" else "")
     report.say(f"{rows_in} rollouts in, {quarantined} quarantined, {valid.num_rows} to score ({todo_prompts} prompts, "
@@ -232,12 +236,13 @@ def run(cfg: ScoreConfig, *, job: str = "score", stream=None) -> dict:
         rewards += f", mean {counts['reward_mean']:.4g}"
     if counts["reward_reasons"]:
         rewards += f"; special: {reasons_text(counts['reward_reasons'])}"
+    usage, usage_line = cfg.usage_report()
     return report.finish(
         counts,
         this_run={"rollouts": progress.rows, "resumed_from_rollouts": counts["rows_out"] - progress.rows},
         throughput={"rollouts_per_s": round(progress.rows / score_s, 3)},
-        extra={"model": cfg.model, "fault_policy": fault_policy().as_dict()},
-        lines=[rewards],
+        extra={"model": cfg.model, "fault_policy": fault_policy().as_dict(), "engines": {"kind": cfg.engine, "usage": usage}},
+        lines=[rewards] + ([usage_line] if usage_line else []),
     )
 
 
