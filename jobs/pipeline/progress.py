@@ -150,7 +150,6 @@ class Progress:
         self.cached_prompt_tokens = 0  # of those, served by the engines' prefix caches
         # live (from the engines, as requests finish)
         self.live: Counter = Counter()
-        self._first_live: float | None = None
         self._first: tuple[float, int] | None = None  # (time, rows) when the first shard landed
         self._last_t = 0.0
         self.engines = engines  # engine actors in the pool (0: not an engine job)
@@ -173,8 +172,6 @@ class Progress:
         with self.lock:
             for load_s in list(loads)[self.engines_up:]:
                 self._engine_up(load_s)
-            if counts.get("rows") and self._first_live is None:
-                self._first_live = time.monotonic()
             self.live = Counter(counts)
 
     def _engine_up(self, load_s: float) -> None:
